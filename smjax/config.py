@@ -1,0 +1,155 @@
+"""The one config object of a run: a frozen dataclass, validated, overridable by `key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+
+MODES = ("mask", "weight", "finetune")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "plateau")
+PROTOCOLS = ("clean", "original")
+WEIGHT_INITS = ("default", "signed_constant")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that decides a run. Fields are documented by their names and the README."""
+  seed: int = 0
+  # Data.
+  dataset: str = "digits"
+  data_dir: str = ""                  # "" = $TFDS_DATA_DIR or the tfds default
+  val_size: float = -1.0              # -1 dataset default; >= 1 examples; (0, 1) fraction; 0 none
+  # Model.
+  model: str = "conv2"
+  dropout_rate: float = 0.0
+  downsampling: str = "stride"        # Wide ResNets: "stride" | "maxpool" (keras-contrib)
+  dtype: str = "float32"              # compute dtype; params and scores stay float32
+  # Masks.
+  mode: str = "mask"
+  estimator: str = "threshold"
+  threshold: float = 0.5
+  topk_fraction: float = 0.5          # fraction of weights KEPT per layer
+  score_init: str = "constant"
+  score_init_value: float = 1.0
+  mask_biases: bool = False
+  weight_init: str = "default"
+  train_bn_with_mask: bool = False    # BN affine trains in mask mode (the blog code did)
+  # Optimisation.
+  optimizer: str = "sgd"              # for weights
+  score_optimizer: str = "adam"       # for scores: plain SGD at lr 0.01 leaves a mask unchanged
+  lr: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  schedule: str = "constant"
+  plateau_patience: int = 2           # epochs, on training accuracy
+  plateau_factor: float = 0.1
+  batch_size: int = 128
+  eval_batch_size: int = 500
+  epochs: int = 30
+  # Augmentation, on device, per example.
+  flip: bool = False
+  max_translate: float = 0.0          # fraction of the image size
+  max_rotate: float = 0.0             # degrees
+  # Protocol and regimes.
+  protocol: str = "clean"             # "clean": best on validation; "original": best on test
+  finetune_lr: float = 1e-5
+  finetune_epochs: int = 30
+  mask_run: str = ""                  # finetune: the mask run directory to start from
+
+  def replace(self, **kwargs) -> "Config":
+    return dataclasses.replace(self, **kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def model_kwargs(self) -> dict[str, Any]:
+    """Keyword arguments of `smjax.models.get` for this config."""
+    kwargs = {"dtype": jnp.dtype(self.dtype)}
+    if self.model.startswith("wrn"):
+      kwargs.update(dropout_rate=self.dropout_rate, downsampling=self.downsampling)
+    return kwargs
+
+  @property
+  def best_metric(self) -> str:
+    return "test_accuracy" if self.protocol == "original" else "val_accuracy"
+
+
+def with_overrides(config: Config, overrides: Iterable[str]) -> Config:
+  """Applies `key=value` strings; unknown keys and ill-typed values are refused."""
+  fields = {f.name: f for f in dataclasses.fields(Config)}
+  changes = {}
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects key=value, got {item!r}")
+    if key not in fields:
+      raise ValueError(f"unknown config key {key!r}; known: {', '.join(fields)}")
+    changes[key] = _parse(key, raw, type(getattr(config, key)))
+  return config.replace(**changes)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+  known = {f.name for f in dataclasses.fields(Config)}
+  return Config(**{k: v for k, v in values.items() if k in known})
+
+
+def _parse(key: str, raw: str, kind: type) -> Any:
+  if kind is str:
+    return raw
+  try:
+    value = json.loads(raw.lower() if kind is bool else raw)
+  except json.JSONDecodeError:
+    value = None
+  if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    raise ValueError(f"config key {key!r} expects {kind.__name__}, got {raw!r}")
+  return value
+
+
+def validate(config: Config) -> None:
+  """Raises ValueError with one line naming the bad value and what is allowed."""
+  from smjax import data, masking, models  # local: config stays importable alone
+
+  def choice(key, allowed):
+    if getattr(config, key) not in allowed:
+      raise ValueError(f"unknown {key} {getattr(config, key)!r}; known: {', '.join(allowed)}")
+
+  choice("mode", MODES)
+  choice("dataset", data.DATASETS)
+  choice("estimator", masking.ESTIMATORS)
+  choice("score_init", masking.SCORE_INITS)
+  choice("optimizer", OPTIMIZERS)
+  choice("score_optimizer", OPTIMIZERS)
+  choice("schedule", SCHEDULES)
+  choice("protocol", PROTOCOLS)
+  choice("weight_init", WEIGHT_INITS)
+  choice("dtype", DTYPES)
+  models.get(config.model, 10, **config.model_kwargs())
+  positive = {"lr": config.lr, "finetune_lr": config.finetune_lr}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"{key} must be > 0, got {value}")
+  for key in ("epochs", "finetune_epochs", "batch_size", "eval_batch_size", "plateau_patience"):
+    if getattr(config, key) < 1:
+      raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
+  ranges = {"topk_fraction": (0.0, 1.0), "threshold": (0.0, 1.0), "momentum": (0.0, 1.0),
+            "dropout_rate": (0.0, 1.0), "max_translate": (0.0, 1.0), "plateau_factor": (0.0, 1.0)}
+  for key, (lo, hi) in ranges.items():
+    value = getattr(config, key)
+    if not lo <= value <= hi:
+      raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
+  if config.weight_decay < 0 or config.max_rotate < 0:
+    raise ValueError("weight_decay and max_rotate must be >= 0")
+  if config.topk_fraction == 0:
+    raise ValueError("topk_fraction (the fraction kept) must be > 0")
+  if config.val_size < 0 and config.val_size != -1:
+    raise ValueError(f"val_size must be -1 (default), 0, a fraction or a count, got {config.val_size}")
+  if config.protocol == "clean" and config.val_size == 0:
+    raise ValueError("protocol 'clean' picks the best checkpoint on a validation split; "
+                     "val_size=0 needs protocol=original")

@@ -1,0 +1,161 @@
+"""Datasets held in memory as uint8 arrays, and batching by index gather.
+
+`mnist` and `cifar10` come from tensorflow-datasets (honouring `TFDS_DATA_DIR`
+or `data_dir`); `digits` is scikit-learn's `load_digits` (1,797 real 8x8
+handwritten digits, shipped inside the package), the offline default.
+Batches come shaped for the pmapped step: [devices, per_device, ...].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator
+
+import numpy as np
+
+DATASETS = ("digits", "mnist", "cifar10")
+# Per-channel mean and std of the [0, 1]-scaled training images.
+NORMALIZATION = {
+    "digits": ((0.3053,), (0.3760,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+DEFAULT_VAL_SIZE = {"digits": 0.1, "mnist": 5000, "cifar10": 5000}
+DIGITS_TEST_SIZE = 360
+
+
+class DataError(RuntimeError):
+  """A dataset that cannot be loaded here (e.g. not prepared on an offline machine)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # [n, height, width, channels] uint8
+  labels: np.ndarray  # [n] int32
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  val: Split | None
+  test: Split
+  num_classes: int
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train.images.shape[1:])
+
+
+def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int = 0) -> Dataset:
+  """Loads a dataset and holds out a stratified validation split from its training data.
+
+  val_size: -1 the dataset default (5,000 for mnist/cifar10, 10% for digits);
+  >= 1 a count; in (0, 1) a fraction; 0 no validation split. The split depends
+  only on `split_seed`, so runs with different seeds share it.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+  train, test = _load_digits() if name == "digits" else _load_tfds(name, data_dir)
+  num_classes = 10
+  val_size = DEFAULT_VAL_SIZE[name] if val_size == -1 else val_size
+  if not val_size:
+    return Dataset(name, train, None, test, num_classes)
+  from sklearn.model_selection import train_test_split
+  count = int(val_size) if val_size >= 1 else val_size
+  train_idx, val_idx = train_test_split(np.arange(len(train)), test_size=count,
+                                        stratify=train.labels, random_state=split_seed)
+  take = lambda idx: Split(train.images[np.sort(idx)], train.labels[np.sort(idx)])
+  return Dataset(name, take(train_idx), take(val_idx), test, num_classes)
+
+
+def _load_digits() -> tuple[Split, Split]:
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  digits = load_digits()
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_SIZE,
+                                         stratify=labels, random_state=0)
+  return (Split(images[np.sort(train_idx)], labels[np.sort(train_idx)]),
+          Split(images[np.sort(test_idx)], labels[np.sort(test_idx)]))
+
+
+def _load_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
+  import tensorflow_datasets as tfds
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DataError(
+        f"dataset {name!r} is not prepared in {builder.data_dir_root} (set TFDS_DATA_DIR or "
+        f"--set data_dir=...); on a machine with network run: pip install tensorflow-cpu && "
+        f"tfds build {name} --data_dir <dir>, then copy <dir> here")
+  return tuple(_read_split(tfds.data_source(name, split=split, data_dir=data_dir))
+               for split in ("train", "test"))
+
+
+def _read_split(source) -> Split:
+  examples = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+  labels = np.asarray([e["label"] for e in examples], np.int32)
+  return Split(images, labels)
+
+
+# --------------------------------------------------------------------------
+# Batching.
+
+
+def check_batch_size(batch_size: int, num_devices: int, process_count: int = 1) -> None:
+  """A global batch must split evenly across every device of every process."""
+  total = num_devices * process_count
+  if batch_size % total:
+    raise ValueError(f"batch_size {batch_size} does not split across {total} devices; "
+                     f"use a multiple of {total}")
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+  return len(split) // batch_size
+
+
+def _shard(array: np.ndarray, num_devices: int) -> np.ndarray:
+  return array.reshape(num_devices, -1, *array.shape[1:])  # [devices, per_device, ...]
+
+
+def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int, num_devices: int = 1,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Shuffled training batches of one epoch; the remainder is dropped.
+
+  The order is a function of (seed, epoch) only. Each process takes its own
+  contiguous slice of every global batch. Yields {'image': uint8
+  [devices, per_device, h, w, c], 'label': int32 [devices, per_device]}.
+  """
+  check_batch_size(batch_size, num_devices, process_count)
+  order = np.random.default_rng([seed, epoch]).permutation(len(split))
+  local = batch_size // process_count
+  for step in range(steps_per_epoch(split, batch_size)):
+    idx = np.sort(order[step * batch_size:(step + 1) * batch_size]
+                  [process_index * local:(process_index + 1) * local])
+    yield {"image": _shard(split.images[idx], num_devices),
+           "label": _shard(split.labels[idx], num_devices)}
+
+
+def eval_batches(split: Split, batch_size: int, *, num_devices: int = 1, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example exactly once; the last batch is padded and its padding has weight 0.
+
+  Yields the train batch fields plus 'weight': float32 [devices, per_device].
+  """
+  total = num_devices * process_count
+  batch_size = -(-batch_size // total) * total
+  local = batch_size // process_count
+  for start in range(0, len(split), batch_size):
+    idx = np.arange(start, start + batch_size)[process_index * local:(process_index + 1) * local]
+    valid = idx < len(split)
+    idx = np.where(valid, idx, 0)
+    yield {"image": _shard(split.images[idx], num_devices),
+           "label": _shard(split.labels[idx], num_devices),
+           "weight": _shard(valid.astype(np.float32), num_devices)}

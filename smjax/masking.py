@@ -1,0 +1,259 @@
+"""Supermasks: score pytrees, binary mask estimators and their application.
+
+A mask is never stored inside a layer. Scores live in their own pytree that
+mirrors the *maskable* leaves of a flax params pytree (a nested dict holding
+only those leaves), and masking is a pure transformation of params:
+
+    effective = apply_masks(params, masks)     # kernel <- kernel * mask
+
+Estimators turn scores into binary {0, 1} masks in the forward pass and pass
+gradients straight through the binarisation in the backward pass.
+`fraction` in top-k is always the fraction of weights **kept**.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+PyTree = Any
+Path = tuple[str, ...]
+
+ESTIMATORS = ("threshold", "bernoulli", "topk")
+SCORE_INITS = ("constant", "kaiming_uniform")
+
+
+# --------------------------------------------------------------------------
+# Estimators (jax.custom_vjp).
+
+
+@jax.custom_vjp
+def _threshold(scores, threshold):
+  return (jax.nn.sigmoid(scores) > threshold).astype(scores.dtype)
+
+
+def _threshold_fwd(scores, threshold):
+  return _threshold(scores, threshold), (scores, threshold)
+
+
+def _sigmoid_grad(scores):
+  p = jax.nn.sigmoid(scores)
+  return p * (1 - p)
+
+
+def _threshold_bwd(res, g):
+  scores, threshold = res
+  return g * _sigmoid_grad(scores), jnp.zeros_like(threshold)
+
+
+_threshold.defvjp(_threshold_fwd, _threshold_bwd)
+
+
+def threshold_ste(scores: jax.Array, threshold: float | jax.Array = 0.5):
+  """Deterministic supermask `1[sigmoid(s) > threshold]`.
+
+  Backward: `g * sigmoid'(s)`, i.e. straight through the binarisation but not
+  the sigmoid (Zhou et al., 2019, "Deconstructing Lottery Tickets").
+  `threshold` may be traced; it receives a zero cotangent.
+  """
+  return _threshold(scores, jnp.asarray(threshold, scores.dtype))
+
+
+@jax.custom_vjp
+def _bernoulli(scores, uniform):
+  return (uniform < jax.nn.sigmoid(scores)).astype(scores.dtype)
+
+
+def _bernoulli_fwd(scores, uniform):
+  return _bernoulli(scores, uniform), scores
+
+
+def _bernoulli_bwd(scores, g):
+  return g * _sigmoid_grad(scores), None
+
+
+_bernoulli.defvjp(_bernoulli_fwd, _bernoulli_bwd)
+
+
+def bernoulli_ste(scores: jax.Array, key: jax.Array):
+  """Stochastic supermask `m ~ Bernoulli(sigmoid(s))` (Zhou et al., 2019).
+
+  Backward: `g * sigmoid'(s)`, the straight-through estimator of the sample.
+  """
+  uniform = jax.random.uniform(key, scores.shape, scores.dtype)
+  return _bernoulli(scores, uniform)
+
+
+def kept_count(size: int, fraction: float) -> int:
+  """Number of weights top-k keeps in a layer of `size` weights (at least 1)."""
+  return max(1, min(size, int(round(fraction * size))))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def topk_ste(scores: jax.Array, fraction: float):
+  """Edge-popup mask: keep the `fraction` of weights with the largest |score|.
+
+  `fraction` is the fraction **kept** (Ramanujan et al., 2020, "What's hidden
+  in a randomly weighted neural network?"). Exactly `kept_count(size, fraction)`
+  entries are 1, ties broken by position. Backward: identity, `g`.
+  """
+  flat = jnp.abs(scores).reshape(-1)
+  k = kept_count(flat.size, fraction)
+  _, idx = jax.lax.top_k(flat, k)
+  mask = jnp.zeros(flat.shape, scores.dtype).at[idx].set(1)
+  return mask.reshape(scores.shape)
+
+
+def _topk_fwd(scores, fraction):
+  return topk_ste(scores, fraction), None
+
+
+def _topk_bwd(fraction, res, g):
+  del fraction, res
+  return (g,)
+
+
+topk_ste.defvjp(_topk_fwd, _topk_bwd)
+
+
+def make_mask_fn(estimator: str, *, threshold: float = 0.5,
+                 fraction: float = 0.5) -> Callable[..., PyTree]:
+  """Returns `mask_fn(scores, key, train) -> masks` for a named estimator.
+
+  Training masks use the estimator; evaluation masks are deterministic:
+  `sigmoid(s) > threshold` for threshold, `sigmoid(s) > 0.5` for bernoulli
+  and top-k for topk.
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+
+  def mask_fn(scores: PyTree, key: jax.Array | None, train: bool) -> PyTree:
+    if estimator == "topk":
+      return jax.tree.map(lambda s: topk_ste(s, fraction), scores)
+    if estimator == "bernoulli" and train:
+      leaves, treedef = jax.tree.flatten(scores)
+      keys = jax.random.split(key, len(leaves))
+      return treedef.unflatten([bernoulli_ste(s, k) for s, k in zip(leaves, keys)])
+    t = threshold if estimator == "threshold" else 0.5
+    return jax.tree.map(lambda s: threshold_ste(s, t), scores)
+
+  return mask_fn
+
+
+# --------------------------------------------------------------------------
+# Score pytrees.
+
+
+def is_kernel(path: Path, leaf: jax.Array) -> bool:
+  """Default maskable predicate: every conv and dense `kernel`."""
+  return path[-1] == "kernel" and leaf.ndim >= 2
+
+
+def maskable_paths(params: PyTree, *, include_bias: bool = False,
+                   predicate: Callable[[Path, jax.Array], bool] = is_kernel) -> list[Path]:
+  """Paths of the leaves that get a mask.
+
+  With `include_bias`, the bias of every layer that has a maskable kernel is
+  masked too (as the original supermask blog code did); BatchNorm's
+  scale/bias are never masked.
+  """
+  flat = traverse_util.flatten_dict(params)
+  paths = [p for p, leaf in flat.items() if predicate(p, leaf)]
+  if include_bias:
+    owners = {p[:-1] for p in paths}
+    paths += [p for p in flat if p[-1] == "bias" and p[:-1] in owners]
+  return sorted(paths, key=natural_key)
+
+
+def natural_key(path: Path):
+  """Sort key that puts `block_2` before `block_10` (layer order)."""
+  return [tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", part))
+          for part in path]
+
+
+def init_scores(params: PyTree, key: jax.Array, *, init: str = "constant",
+                value: float = 1.0, include_bias: bool = False,
+                predicate: Callable[[Path, jax.Array], bool] = is_kernel) -> PyTree:
+  """Scores for every maskable leaf, as a nested dict mirroring `params`.
+
+  Inits of the reference codes:
+    constant:        every score = `value` (1.0 in the blog code, so
+                     sigmoid = 0.73 and the mask starts full; 0.0 in Zhou et al.).
+    kaiming_uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), edge-popup's
+                     kaiming_uniform(a=sqrt(5)).
+  """
+  if init not in SCORE_INITS:
+    raise ValueError(f"unknown score init {init!r}; known: {', '.join(SCORE_INITS)}")
+  flat = traverse_util.flatten_dict(params)
+  paths = maskable_paths(params, include_bias=include_bias, predicate=predicate)
+  keys = jax.random.split(key, max(len(paths), 1))
+  uniform = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  scores = {}
+  for path, k in zip(paths, keys):
+    leaf = flat[path]
+    if init == "constant" or leaf.ndim < 2:
+      scores[path] = jnp.full(leaf.shape, value, leaf.dtype)
+    else:
+      scores[path] = uniform(k, leaf.shape, leaf.dtype)
+  return traverse_util.unflatten_dict(scores)
+
+
+def apply_masks(params: PyTree, masks: PyTree | None) -> PyTree:
+  """Effective params: every leaf with a mask is multiplied by it (pure)."""
+  if masks is None:
+    return params
+  flat = traverse_util.flatten_dict(params)
+  for path, mask in traverse_util.flatten_dict(masks).items():
+    flat[path] = flat[path] * mask.astype(flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)
+
+
+def signed_constant(params: PyTree, paths: list[Path]) -> PyTree:
+  """Weight init variant: `sign(w) * std(w)` per maskable leaf.
+
+  The signed-constant init of Zhou et al. (2019) and Ramanujan et al. (2020),
+  with the layer's own init std as the constant.
+  """
+  flat = traverse_util.flatten_dict(params)
+  for path in paths:
+    w = flat[path]
+    flat[path] = jnp.sign(w) * jnp.std(w)
+  return traverse_util.unflatten_dict(flat)
+
+
+def layer_stats(masks: PyTree, order: list[str] | None = None) -> list[dict]:
+  """Per masked leaf: name, shape, n_weights, masked_fraction (share set to zero).
+
+  Rows follow `order` (layer names in forward order, `smjax.models.layer_order`)
+  where given, else natural name order. Works on jax or numpy arrays, e.g. a
+  restored checkpoint.
+  """
+  flat = traverse_util.flatten_dict(masks)
+  rank = {name: i for i, name in enumerate(order or [])}
+  key = lambda path: (rank.get("/".join(path[:-1]), len(rank)), natural_key(path))
+  rows = []
+  for path in sorted(flat, key=key):
+    m = np.asarray(flat[path])
+    rows.append({
+        "name": "/".join(path),
+        "shape": list(m.shape),
+        "n_weights": int(m.size),
+        "masked_fraction": float(1.0 - np.count_nonzero(m) / m.size),
+    })
+  return rows
+
+
+def total_masked_fraction(masks: PyTree) -> jax.Array:
+  """Share of all masked weights that are zero (jit-able)."""
+  leaves = jax.tree.leaves(masks)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  kept = sum(jnp.sum(m != 0) for m in leaves)
+  total = sum(m.size for m in leaves)
+  return (total - kept) / total

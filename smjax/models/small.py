@@ -1,0 +1,45 @@
+"""Small networks of the lottery-ticket literature (Frankle & Carbin, 2019; Zhou et al., 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """Fully connected ReLU network; `lenet300-100` is hidden=(300, 100)."""
+  hidden: Sequence[int]
+  num_classes: int
+  axis_name: str | None = None  # unused: no cross-device state
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):  # x: [batch, height, width, channels]
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    for i, features in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(features, dtype=self.dtype, name=f"dense{i + 1}")(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+
+
+class ConvNet(nn.Module):
+  """Conv-2/4/6: pairs of 3x3 convs (64, 128, 256 filters) each followed by
+  2x2 max-pooling, then dense 256-256-classes."""
+  conv_pairs: int
+  num_classes: int
+  axis_name: str | None = None  # unused: no cross-device state
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):  # x: [batch, height, width, channels]
+    x = x.astype(self.dtype)
+    for pair in range(self.conv_pairs):
+      for j in range(2):
+        x = nn.relu(nn.Conv(64 * 2**pair, (3, 3), dtype=self.dtype,
+                            name=f"conv{2 * pair + j + 1}")(x))
+      x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+    x = x.reshape(x.shape[0], -1)
+    for i in range(2):
+      x = nn.relu(nn.Dense(256, dtype=self.dtype, name=f"dense{i + 1}")(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

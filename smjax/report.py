@@ -1,0 +1,145 @@
+"""The report of a `--regime all` run: accuracy curves, mask utilization, summary.
+
+    python -m smjax.report WORKDIR
+
+writes WORKDIR/report/{curves.png, mask_utilization.png, summary.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from smjax import checkpoint, masking  # noqa: E402
+from smjax.run import read_metrics  # noqa: E402
+
+REGIMES = ("mask", "weight", "finetune")
+
+
+def best_line(lines: list[dict], metric: str) -> dict:
+  """The epoch a run's best checkpoint holds: highest `metric`, latest on ties (as orbax)."""
+  return max(lines, key=lambda m: (m[metric], m["epoch"]))
+
+
+def summarize(workdir: Path) -> dict:
+  """Per regime: epochs, best epoch and its accuracies, final accuracy; mask layer table."""
+  regimes = {}
+  for regime in REGIMES:
+    lines = read_metrics(workdir / regime)
+    if not lines:
+      continue
+    config = json.loads((workdir / regime / "config.json").read_text())
+    metric = "test_accuracy" if config["protocol"] == "original" else "val_accuracy"
+    best = best_line(lines, metric)
+    regimes[regime] = {"epochs": len(lines), "best_on": metric, "best_epoch": best["epoch"],
+                       "best_val_accuracy": best["val_accuracy"],
+                       "best_test_accuracy": best["test_accuracy"],
+                       "final_test_accuracy": lines[-1]["test_accuracy"],
+                       "masked_fraction": best["masked_fraction"], "curve": lines}
+  layers = []
+  if "mask" in regimes:
+    best = checkpoint.restore(workdir / "mask", which="best")
+    layers = masking.layer_stats(best["masks"], best["meta"].get("layers"))
+  return {"regimes": regimes, "layers": layers}
+
+
+def plot_curves(summary: dict, path: Path) -> None:
+  """Test accuracy per epoch; finetune continues from the mask run's best epoch."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  regimes = summary["regimes"]
+  for regime, color in zip(REGIMES, ("tab:blue", "tab:orange", "tab:green")):
+    if regime not in regimes:
+      continue
+    curve = regimes[regime]["curve"]
+    offset = regimes["mask"]["best_epoch"] if regime == "finetune" and "mask" in regimes else 0
+    epochs = [offset + m["epoch"] for m in curve]
+    accuracy = [100 * m["test_accuracy"] for m in curve]
+    if offset:  # start the continuation at the mask checkpoint it starts from
+      start = regimes["mask"]["curve"][offset - 1]
+      epochs, accuracy = [offset] + epochs, [100 * start["test_accuracy"]] + accuracy
+    ax.plot(epochs, accuracy, marker="o", ms=3, color=color,
+            label=f"{regime} (best {100 * regimes[regime]['best_test_accuracy']:.2f}%)")
+  ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Supermask, weights, and finetuned supermask")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_mask_utilization(layers: list[dict], path: Path) -> None:
+  """% of weights masked per layer, in layer order and against layer size (log axis)."""
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  masked = [100 * layer["masked_fraction"] for layer in layers]
+  ax1.bar(range(len(layers)), masked, color="tab:blue")
+  ax1.set_xticks(range(len(layers)), [layer["name"].rsplit("/", 1)[0] for layer in layers],
+                 rotation=90, fontsize=7)
+  ax1.set(ylabel="% of weights masked", title="Mask utilization per layer", ylim=(0, 100))
+  ax2.scatter([layer["n_weights"] for layer in layers], masked, color="tab:blue")
+  ax2.set_xscale("log")
+  ax2.set(xlabel="weights in layer", ylabel="% of weights masked", title="Masked share vs layer size",
+          ylim=(0, 100))
+  for ax in (ax1, ax2):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def summary_markdown(summary: dict) -> str:
+  pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+  out = ["# Summary", "",
+         "| regime | epochs | best epoch (by) | test acc at best | val acc at best | final test acc "
+         "| masked |", "|---|---|---|---|---|---|---|"]
+  for regime, r in summary["regimes"].items():
+    out.append(f"| {regime} | {r['epochs']} | {r['best_epoch']} ({r['best_on']}) | "
+               f"{pct(r['best_test_accuracy'])} | {pct(r['best_val_accuracy'])} | "
+               f"{pct(r['final_test_accuracy'])} | {pct(r['masked_fraction'])} |")
+  if summary["layers"]:
+    out += ["", "## Mask of the best mask checkpoint", "",
+            "| layer | shape | weights | masked |", "|---|---|---|---|"]
+    for layer in summary["layers"]:
+      out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {layer['n_weights']:,} "
+                 f"| {pct(layer['masked_fraction'])} |")
+    total = sum(layer["n_weights"] for layer in summary["layers"])
+    zeros = sum(layer["n_weights"] * layer["masked_fraction"] for layer in summary["layers"])
+    out.append(f"| **total** | | {total:,} | {pct(zeros / total)} |")
+  return "\n".join(out) + "\n"
+
+
+def write_report(workdir: str | Path) -> Path:
+  workdir = Path(workdir)
+  summary = summarize(workdir)
+  if not summary["regimes"]:
+    raise FileNotFoundError(f"{workdir} holds no mask/, weight/ or finetune/ runs")
+  out = workdir / "report"
+  out.mkdir(exist_ok=True)
+  plot_curves(summary, out / "curves.png")
+  if summary["layers"]:
+    plot_mask_utilization(summary["layers"], out / "mask_utilization.png")
+  (out / "summary.md").write_text(summary_markdown(summary))
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir")
+  args = parser.parse_args(argv)
+  try:
+    out = write_report(args.workdir)
+  except (FileNotFoundError, checkpoint.CheckpointError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  print(out / "summary.md")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,128 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smjax import masking
+
+MODES = {"eager": lambda f: f, "jit": jax.jit}
+
+
+def sigmoid_grad(s):
+  p = 1 / (1 + np.exp(-s))
+  return p * (1 - p)
+
+
+@pytest.mark.parametrize("wrap", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.9])
+def test_threshold_ste_forward_and_grad(wrap, threshold):
+  s = jnp.linspace(-4, 4, 37, dtype=jnp.float32).reshape(37, 1)
+  g = jnp.arange(37, dtype=jnp.float32).reshape(37, 1) / 10
+  m = wrap(masking.threshold_ste)(s, threshold)
+  np.testing.assert_array_equal(m, (1 / (1 + np.exp(-np.asarray(s))) > threshold).astype(np.float32))
+  assert m.dtype == s.dtype and m.shape == s.shape
+  grad = wrap(jax.grad(lambda s: jnp.sum(masking.threshold_ste(s, threshold) * g)))(s)
+  np.testing.assert_allclose(grad, g * sigmoid_grad(np.asarray(s)), rtol=1e-6)
+
+
+def test_threshold_is_traceable_with_zero_cotangent():
+  s = jnp.array([0.1, -0.2, 2.0])
+  dt = jax.grad(lambda t: jnp.sum(masking.threshold_ste(s, t)))(0.5)
+  assert dt == 0.0
+
+
+@pytest.mark.parametrize("wrap", MODES.values(), ids=MODES.keys())
+def test_bernoulli_ste_mean_and_grad(wrap):
+  s = jnp.array([-2.0, -0.5, 0.0, 1.0, 3.0])
+  keys = jax.random.split(jax.random.key(0), 4000)
+  samples = wrap(jax.vmap(masking.bernoulli_ste, in_axes=(None, 0)))(s, keys)
+  assert set(np.unique(samples)) <= {0.0, 1.0}
+  p = 1 / (1 + np.exp(-np.asarray(s)))
+  # 5 standard errors of a mean of 4000 Bernoulli draws.
+  np.testing.assert_array_less(np.abs(samples.mean(0) - p), 5 * np.sqrt(p * (1 - p) / 4000) + 1e-9)
+  g = jnp.array([1.0, -2.0, 3.0, 0.5, 1.5])
+  grad = wrap(jax.grad(lambda s: jnp.sum(masking.bernoulli_ste(s, keys[0]) * g)))(s)
+  np.testing.assert_allclose(grad, g * sigmoid_grad(np.asarray(s)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("wrap", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("fraction", [0.01, 0.3, 0.5, 1.0])
+def test_topk_keeps_exact_count_of_largest_abs(wrap, fraction):
+  s = jax.random.normal(jax.random.key(1), (3, 3, 4, 8))
+  m = wrap(masking.topk_ste, static_argnums=1)(s, fraction) if wrap is jax.jit else masking.topk_ste(
+      s, fraction)
+  k = masking.kept_count(s.size, fraction)
+  assert int(m.sum()) == k and m.shape == s.shape
+  kept, dropped = np.abs(s)[m == 1], np.abs(s)[m == 0]
+  if dropped.size:
+    assert kept.min() >= dropped.max()
+  g = jax.random.normal(jax.random.key(2), s.shape)
+  grad = jax.grad(lambda s: jnp.sum(masking.topk_ste(s, fraction) * g))(s)
+  np.testing.assert_array_equal(grad, g)
+
+
+def test_topk_ties_do_not_change_count():
+  s = jnp.ones((10, 10))
+  assert int(masking.topk_ste(s, 0.37).sum()) == 37
+
+
+PARAMS = {
+    "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones((4,))},
+    "bn": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
+    "block_10": {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones((3,))}},
+    "block_2": {"dense": {"kernel": jnp.ones((5, 3))}},
+}
+
+
+def test_maskable_paths_kernels_then_biases_never_bn():
+  assert masking.maskable_paths(PARAMS) == [("block_2", "dense", "kernel"),
+                                            ("block_10", "dense", "kernel"), ("conv", "kernel")]
+  with_bias = masking.maskable_paths(PARAMS, include_bias=True)
+  assert ("conv", "bias") in with_bias and ("block_10", "dense", "bias") in with_bias
+  assert ("bn", "bias") not in with_bias
+
+
+def test_init_scores_constant_and_kaiming_uniform():
+  key = jax.random.key(0)
+  scores = masking.init_scores(PARAMS, key, init="constant", value=1.0)
+  assert set(scores) == {"conv", "block_10", "block_2"} and "bias" not in scores["conv"]
+  np.testing.assert_array_equal(scores["conv"]["kernel"], np.ones((3, 3, 2, 4)))
+  ku = masking.init_scores({"k": {"kernel": jnp.ones((3, 3, 16, 64))}}, key, init="kaiming_uniform")
+  s = np.asarray(ku["k"]["kernel"])
+  bound = 1 / np.sqrt(3 * 3 * 16)
+  assert np.abs(s).max() <= bound and np.abs(s).max() > 0.9 * bound
+  np.testing.assert_allclose(s.std(), bound / np.sqrt(3), rtol=0.05)
+  with pytest.raises(ValueError, match="unknown score init"):
+    masking.init_scores(PARAMS, key, init="zeros")
+
+
+def test_apply_masks_and_layer_stats():
+  masks = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4)).at[0].set(1)},
+           "block_2": {"dense": {"kernel": jnp.ones((5, 3))}}}
+  eff = masking.apply_masks(PARAMS, masks)
+  np.testing.assert_array_equal(eff["conv"]["kernel"], masks["conv"]["kernel"])
+  np.testing.assert_array_equal(eff["conv"]["bias"], PARAMS["conv"]["bias"])
+  np.testing.assert_array_equal(eff["block_10"]["dense"]["kernel"], PARAMS["block_10"]["dense"]["kernel"])
+  assert masking.apply_masks(PARAMS, None) is PARAMS
+  rows = masking.layer_stats(masks)
+  assert [r["name"] for r in rows] == ["block_2/dense/kernel", "conv/kernel"]
+  assert rows[1] == {"name": "conv/kernel", "shape": [3, 3, 2, 4], "n_weights": 72,
+                     "masked_fraction": pytest.approx(48 / 72)}
+  assert float(masking.total_masked_fraction(masks)) == pytest.approx(48 / 87)
+
+
+@pytest.mark.parametrize("estimator", masking.ESTIMATORS)
+def test_evaluation_mask_is_deterministic(estimator):
+  fn = masking.make_mask_fn(estimator, fraction=0.5)
+  scores = {"a": {"kernel": jax.random.normal(jax.random.key(3), (8, 8))}}
+  m1, m2 = fn(scores, None, False), fn(scores, None, False)
+  np.testing.assert_array_equal(m1["a"]["kernel"], m2["a"]["kernel"])
+  if estimator != "topk":
+    np.testing.assert_array_equal(m1["a"]["kernel"], np.asarray(scores["a"]["kernel"]) > 0)
+
+
+def test_signed_constant():
+  w = jax.random.normal(jax.random.key(0), (50, 20))
+  out = masking.signed_constant({"d": {"kernel": w}}, [("d", "kernel")])["d"]["kernel"]
+  np.testing.assert_allclose(np.abs(out), np.std(np.asarray(w)), rtol=1e-5)
+  np.testing.assert_array_equal(np.sign(out), np.sign(w))

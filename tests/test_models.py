@@ -1,0 +1,55 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smjax import models
+
+SHAPES = [(28, 28, 1), (32, 32, 3), (8, 8, 1)]
+NAMES = ["lenet300-100", "conv2", "conv4", "conv6", "wrn10-1"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_every_shape(name, shape):
+  model = models.get(name, num_classes=7)
+  x = jax.random.normal(jax.random.key(0), (2, *shape))
+  variables = model.init(jax.random.key(1), x, train=False)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
+
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(out ** 2)
+
+  grads = jax.grad(loss)(variables["params"])
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert any(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+def n_params(name, shape=(32, 32, 3), **kwargs):
+  model = models.get(name, 10, **kwargs)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+def test_parameter_counts():
+  assert round(n_params("wrn28-10") / 1e6, 1) == 36.5
+  assert n_params("lenet300-100", (28, 28, 1)) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+  # maxpool downsampling has no strided convs but the same weights
+  assert n_params("wrn16-4", downsampling="maxpool") == n_params("wrn16-4")
+
+
+def test_maxpool_downsampling_and_dropout_run():
+  model = models.get("wrn10-2", 10, downsampling="maxpool", dropout_rate=0.3)
+  x = jnp.ones((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.key(1)})
+  assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "wrn27-10", "wrn28-0", "conv8"])
+def test_unknown_models_are_refused(name):
+  with pytest.raises(ValueError, match="wrn|unknown model"):
+    models.get(name, 10)
