@@ -25,4 +25,4 @@ def get_config() -> Config:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.main(get_config(), "digits", doc=__doc__))
+  sys.exit(cli.main(get_config, "digits", doc=__doc__))

@@ -1,12 +1,13 @@
 """Command line of every experiment module: `--workdir`, `--regime`, `--set key=value`.
 
-An experiment is a module with `get_config()`; its main is `cli.main(get_config(), name)`.
+An experiment is a module with `get_config(**kwargs)`; its main is `cli.main(get_config, name)`.
 Bad input ends with one `error: ...` line and exit code 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from smjax import checkpoint, config as config_lib, data, run
 def parse_args(name: str, argv=None, doc: str | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default=f"runs/{name}",
-                      help="run directory (default: runs/%(default)s); rerun to resume")
+  parser.add_argument("--workdir", default=None,
+                      help=f"run directory (default: runs/{name} for --regime all, else "
+                      f"runs/{name}/REGIME); rerun the same command to resume")
   parser.add_argument("--regime", default="all", choices=run.REGIMES,
                       help="one mode, or all three from one initialization plus the report")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -27,20 +29,31 @@ def parse_args(name: str, argv=None, doc: str | None = None) -> argparse.Namespa
   return parser.parse_args(argv)
 
 
-def main(base: config_lib.Config, name: str, argv=None, doc: str | None = None) -> int:
+def build_config(get_config, overrides: list[str]) -> config_lib.Config:
+  """`get_config(**kwargs)` called with the overrides it takes as arguments (e.g. `protocol`,
+  which switches a whole set of fields), then every override applied on top."""
+  params = inspect.signature(get_config).parameters
+  base = config_lib.with_overrides(config_lib.Config(), overrides)  # validates keys and types
+  kwargs = {key: getattr(base, key) for key in params
+            if any(o.startswith(key + "=") for o in overrides)}
+  return config_lib.with_overrides(get_config(**kwargs), overrides)
+
+
+def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
+  """Runs the experiment `get_config` describes; returns the process exit code."""
   args = parse_args(name, argv, doc)
   try:
-    config = config_lib.with_overrides(base, args.overrides)
-    workdir = Path(args.workdir)
+    config = build_config(get_config, args.overrides)
     if args.regime == "all":
+      workdir = Path(args.workdir or f"runs/{name}")
       run.train_all(config, workdir, overwrite=args.overwrite)
       print(f"report: {workdir / 'report' / 'summary.md'}")
     else:
-      if args.regime == "finetune" and not config.mask_run:
-        config = config.replace(mask_run=str(workdir.parent / "mask"))
-      config = run.regime_configs(config, workdir.parent)[args.regime] if args.regime != "finetune" \
-          else config.replace(mode="finetune", lr=config.finetune_lr, epochs=config.finetune_epochs)
-      run.train(config, workdir, overwrite=args.overwrite)
+      workdir = Path(args.workdir or f"runs/{name}/{args.regime}")
+      single = run.regime_configs(config, workdir.parent)[args.regime]
+      if config.mask_run:  # finetune from a mask run other than the sibling WORKDIR/../mask
+        single = single.replace(mask_run=config.mask_run)
+      run.train(single, workdir, overwrite=args.overwrite)
   except (ValueError, run.RunError, data.DataError, checkpoint.CheckpointError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

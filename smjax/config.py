@@ -40,9 +40,10 @@ class Config:
   weight_init: str = "default"
   train_bn_with_mask: bool = False    # BN affine trains in mask mode (the blog code did)
   # Optimisation.
-  optimizer: str = "sgd"              # for weights
+  optimizer: str = "sgd"              # for weights (and BN affine)
+  lr: float = 0.01                    # for weights
   score_optimizer: str = "adam"       # for scores: plain SGD at lr 0.01 leaves a mask unchanged
-  lr: float = 0.01
+  score_lr: float = 0.01              # for scores (Adam 1e-2: the blog; SGD 100: Zhou et al.)
   momentum: float = 0.9
   weight_decay: float = 0.0
   schedule: str = "constant"
@@ -131,7 +132,7 @@ def validate(config: Config) -> None:
   choice("weight_init", WEIGHT_INITS)
   choice("dtype", DTYPES)
   models.get(config.model, 10, **config.model_kwargs())
-  positive = {"lr": config.lr, "finetune_lr": config.finetune_lr}
+  positive = {"lr": config.lr, "score_lr": config.score_lr, "finetune_lr": config.finetune_lr}
   for key, value in positive.items():
     if not value > 0:
       raise ValueError(f"{key} must be > 0, got {value}")

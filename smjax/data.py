@@ -86,16 +86,20 @@ def _load_digits() -> tuple[Split, Split]:
 
 
 def _load_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
+  import absl.logging
   import tensorflow_datasets as tfds
+  absl.logging.set_verbosity(absl.logging.ERROR)  # tfds warns about metadata it does not need
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  try:
+    sources = [tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+               for split in ("train", "test")]
+  except (tfds.core.DatasetNotFoundError, KeyError, NotImplementedError, AssertionError):
+    where = data_dir or tfds.core.constants.DATA_DIR
     raise DataError(
-        f"dataset {name!r} is not prepared in {builder.data_dir_root} (set TFDS_DATA_DIR or "
+        f"dataset {name!r} is not prepared as array_record in {where} (set TFDS_DATA_DIR or "
         f"--set data_dir=...); on a machine with network run: pip install tensorflow-cpu && "
-        f"tfds build {name} --data_dir <dir>, then copy <dir> here")
-  return tuple(_read_split(tfds.data_source(name, split=split, data_dir=data_dir))
-               for split in ("train", "test"))
+        f"tfds build {name} --file_format array_record --data_dir DIR, then copy DIR here") from None
+  return tuple(_read_split(source) for source in sources)
 
 
 def _read_split(source) -> Split:
@@ -121,19 +125,23 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
   return len(split) // batch_size
 
 
-def _shard(array: np.ndarray, num_devices: int) -> np.ndarray:
+def _shard(array: np.ndarray, num_devices: int | None) -> np.ndarray:
+  if num_devices is None:
+    return array  # [batch, ...] for a single-device (jit) step
   return array.reshape(num_devices, -1, *array.shape[1:])  # [devices, per_device, ...]
 
 
-def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int, num_devices: int = 1,
+def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
+                  num_devices: int | None = None,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Shuffled training batches of one epoch; the remainder is dropped.
 
   The order is a function of (seed, epoch) only. Each process takes its own
   contiguous slice of every global batch. Yields {'image': uint8
-  [devices, per_device, h, w, c], 'label': int32 [devices, per_device]}.
+  [devices, per_device, h, w, c], 'label': int32 [devices, per_device]}, or
+  [batch, ...] without the device axis when `num_devices` is None.
   """
-  check_batch_size(batch_size, num_devices, process_count)
+  check_batch_size(batch_size, num_devices or 1, process_count)
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
   local = batch_size // process_count
   for step in range(steps_per_epoch(split, batch_size)):
@@ -143,13 +151,13 @@ def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int, num_d
            "label": _shard(split.labels[idx], num_devices)}
 
 
-def eval_batches(split: Split, batch_size: int, *, num_devices: int = 1, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+def eval_batches(split: Split, batch_size: int, *, num_devices: int | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Every example exactly once; the last batch is padded and its padding has weight 0.
 
   Yields the train batch fields plus 'weight': float32 [devices, per_device].
   """
-  total = num_devices * process_count
+  total = (num_devices or 1) * process_count
   batch_size = -(-batch_size // total) * total
   local = batch_size // process_count
   for start in range(0, len(split), batch_size):

@@ -95,19 +95,38 @@ def kept_count(size: int, fraction: float) -> int:
   return max(1, min(size, int(round(fraction * size))))
 
 
+def _kth_largest_bits(bits: jax.Array, k: int) -> jax.Array:
+  """The int32 bit pattern of the k-th largest entry of `bits` (non-negative floats
+  viewed as int32, which orders them like the floats): 31 steps of bisection, each one
+  count over the layer, instead of a sort."""
+  def body(_, bounds):
+    lo, hi = bounds  # invariant: count(bits >= lo) >= k > count(bits >= hi)
+    mid = lo + (hi - lo) // 2
+    enough = jnp.sum(bits >= mid) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+  lo, hi = jnp.int32(0), jnp.max(bits) + 1
+  lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+  return lo
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def topk_ste(scores: jax.Array, fraction: float):
   """Edge-popup mask: keep the `fraction` of weights with the largest |score|.
 
   `fraction` is the fraction **kept** (Ramanujan et al., 2020, "What's hidden
   in a randomly weighted neural network?"). Exactly `kept_count(size, fraction)`
-  entries are 1, ties broken by position. Backward: identity, `g`.
+  entries are 1: everything above the k-th largest |score|, then ties at it in
+  flat order. Backward: identity, `g`.
   """
-  flat = jnp.abs(scores).reshape(-1)
+  flat = jnp.abs(scores.astype(jnp.float32)).reshape(-1)
   k = kept_count(flat.size, fraction)
-  _, idx = jax.lax.top_k(flat, k)
-  mask = jnp.zeros(flat.shape, scores.dtype).at[idx].set(1)
-  return mask.reshape(scores.shape)
+  bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
+  kth = _kth_largest_bits(bits, k)
+  above = bits > kth
+  ties = bits == kth
+  room = k - jnp.sum(above)
+  mask = above | (ties & (jnp.cumsum(ties) <= room))
+  return mask.astype(scores.dtype).reshape(scores.shape)
 
 
 def _topk_fwd(scores, fraction):

@@ -68,8 +68,8 @@ def _base(name: str, learning_rate: optax.ScalarOrSchedule, momentum: float) -> 
   raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
 
 
-def make_optimizer(mode: str, *, lr: float, optimizer: str = "sgd", score_optimizer: str = "adam",
-                   momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
+def make_optimizer(mode: str, *, lr: float, score_lr: float | None = None, optimizer: str = "sgd",
+                   score_optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
                    total_steps: int = 1, steps_per_epoch: int = 1, plateau_patience: int = 2,
                    plateau_factor: float = 0.1,
                    train_bn_with_mask: bool = False) -> optax.GradientTransformationExtraArgs:
@@ -79,20 +79,21 @@ def make_optimizer(mode: str, *, lr: float, optimizer: str = "sgd", score_optimi
   `optax.contrib.reduce_on_plateau`, fed `value = 1 - batch accuracy` each step
   and averaged over an epoch (`accumulation_size=steps_per_epoch`), i.e.
   Keras' ReduceLROnPlateau on training accuracy with `patience` in epochs.
+  `lr` is the weights' learning rate, `score_lr` (default: `lr`) the scores'.
   """
-  learning_rate = make_schedule(lr, schedule, total_steps)
+  score_lr = lr if score_lr is None else score_lr
 
-  def trained(name, decay):
+  def trained(name, rate, decay):
     parts = [optax.add_decayed_weights(weight_decay)] if decay and weight_decay else []
-    parts.append(_base(name, learning_rate, momentum))
+    parts.append(_base(name, make_schedule(rate, schedule, total_steps), momentum))
     if schedule == "plateau":
       parts.append(optax.contrib.reduce_on_plateau(
           factor=plateau_factor, patience=plateau_patience, rtol=0.0, atol=1e-4,
           accumulation_size=steps_per_epoch))
     return optax.chain(*parts)
 
-  transforms = {"scores": trained(score_optimizer, decay=False),
-                "weights": trained(optimizer, decay=True),
+  transforms = {"scores": trained(score_optimizer, score_lr, decay=False),
+                "weights": trained(optimizer, lr, decay=True),
                 "freeze": optax.set_to_zero()}
   return optax.multi_transform(
       transforms, partition_labels(mode, train_bn_with_mask=train_bn_with_mask))

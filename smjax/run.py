@@ -111,8 +111,9 @@ def finetune_start(config: Config) -> dict:
 def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, devices: int) -> dict:
   if split is None:
     return {"loss": None, "accuracy": None, "masked_fraction": None}
-  sums = [p_eval(pstate, batch) for batch in data.eval_batches(split, config.eval_batch_size,
-                                                                num_devices=devices)]
+  batches = data.eval_batches(split, config.eval_batch_size, num_devices=devices,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+  sums = [p_eval(pstate, batch) for batch in batches]
   sums = jax.device_get(sums)
   count = sum(float(s["count"][0]) for s in sums)
   assert int(count) == len(split), (count, len(split))
@@ -121,12 +122,55 @@ def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, devices:
           "masked_fraction": float(sums[0]["masked_fraction"][0])}
 
 
+def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> train_lib.TrainState:
+  """The state before the first step: from `config.seed` (so every mode of one seed starts
+  from bit-identical params), or, for finetune, from the mask run's best checkpoint."""
+  start = finetune_start(config) if config.mode == "finetune" else {}
+  state = train_lib.create_state(jax.random.key(config.seed), model, dataset.input_shape, config,
+                                 steps_per_epoch=steps, masks=start.get("masks"))
+  if start:
+    trainable = {"params": start["params"], "scores": start["scores"]}
+    state = state.replace(trainable=trainable, batch_stats=start["batch_stats"],
+                          opt_state=state.tx.init(trainable))
+  return state
+
+
+def _resume(manager, workdir: Path, state):
+  """(state, first epoch to run) from the latest checkpoint, with metrics.jsonl made to match."""
+  epoch = manager.latest_step()
+  if epoch is None:
+    _sync_metrics(workdir, 0, None)
+    return state, 1
+  state, meta = checkpoint.restore_state(manager, epoch, state)
+  _sync_metrics(workdir, epoch, meta["metrics"])
+  return state, epoch + 1
+
+
+def _train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key) -> tuple:
+  """One pass over the training split; returns (pstate, per-step metrics on the host)."""
+  devices = jax.local_device_count()
+  steps = data.steps_per_epoch(dataset.train, config.batch_size)
+  tty = sys.stderr.isatty()
+  history = []
+  with tqdm(total=steps, desc=f"{config.mode} {epoch}/{config.epochs}", disable=not tty,
+            leave=False) as bar:
+    for batch in data.train_batches(dataset.train, config.batch_size, seed=config.seed,
+                                    epoch=epoch, num_devices=devices,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count()):
+      pstate, metrics = p_step(pstate, batch, key)
+      history.append(metrics)
+      bar.update()
+      if tty and len(history) % 10 == 0:  # the only host sync inside the epoch, and only on a TTY
+        bar.set_postfix(loss=f"{float(metrics['loss'][0]):.3f}",
+                        acc=f"{float(metrics['accuracy'][0]):.3f}")
+  return pstate, jax.device_get(history)
+
+
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
           dataset: data.Dataset | None = None) -> list[dict]:
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines."""
   validate(config)
-  if config.mode == "finetune":
-    start = finetune_start(config)
   devices = jax.local_device_count()
   data.check_batch_size(config.batch_size, devices, jax.process_count())
   dataset = dataset or data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
@@ -135,64 +179,36 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   if steps < 1:
     raise RunError(f"batch_size {config.batch_size} exceeds the {len(dataset.train)} training examples")
+  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  state = initial_state(config, model, dataset, steps)
   workdir = Path(workdir)
   claim_workdir(config, workdir, overwrite)
-
-  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
-  key = jax.random.key(config.seed)
-  state = train_lib.create_state(key, model, dataset.input_shape, config, steps_per_epoch=steps,
-                                 masks=start["masks"] if config.mode == "finetune" else None)
-  if config.mode == "finetune":
-    trainable = {"params": start["params"], "scores": start["scores"]}
-    state = state.replace(trainable=trainable, batch_stats=start["batch_stats"],
-                          opt_state=state.tx.init(trainable))
-
   manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir), config.best_metric)
-  first_epoch = 1
-  if manager.latest_step() is not None:
-    epoch = manager.latest_step()
-    state, meta = checkpoint.restore_state(manager, epoch, state)
-    _sync_metrics(workdir, epoch, meta["metrics"])
-    first_epoch = epoch + 1
-  else:
-    _sync_metrics(workdir, 0, None)
+  state, first_epoch = _resume(manager, workdir, state)
 
   p_step = train_lib.pmap_train_step(train_lib.make_train_step(model, config, train_lib.AXIS))
   p_eval = train_lib.pmap_eval_step(train_lib.make_eval_step(model, config, train_lib.AXIS))
   eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
                                               train_lib.evaluation_masks(s, config)))
   layers = models.layer_order(model, dataset.input_shape)
-  step_key = jax.random.fold_in(key, 2)
+  step_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   pstate = train_lib.replicate(state)
-  tty = sys.stderr.isatty()
-
   for epoch in range(first_epoch, config.epochs + 1):
     start_time = time.perf_counter()
-    history = []
-    bar = tqdm(total=steps, desc=f"{config.mode} {epoch}/{config.epochs}", disable=not tty,
-               leave=False)
-    for batch in data.train_batches(dataset.train, config.batch_size, seed=config.seed,
-                                    epoch=epoch, num_devices=devices):
-      pstate, metrics = p_step(pstate, batch, step_key)
-      history.append(metrics)
-      bar.update()
-      if tty and len(history) % 10 == 0:
-        bar.set_postfix(loss=f"{float(metrics['loss'][0]):.3f}",
-                        acc=f"{float(metrics['accuracy'][0]):.3f}")
-    bar.close()
-    train_metrics = jax.device_get(history)
+    pstate, history = _train_epoch(p_step, pstate, dataset, config, epoch, step_key)
     train_seconds = time.perf_counter() - start_time
     val = _evaluate(p_eval, pstate, dataset.val, config, devices)
     test = _evaluate(p_eval, pstate, dataset.test, config, devices)
     state = train_lib.unreplicate(pstate)
     line = {
         "epoch": epoch, "step": int(state.step), "mode": config.mode,
-        "train_loss": float(np.mean([m["loss"][0] for m in train_metrics])),
-        "train_accuracy": float(np.mean([m["accuracy"][0] for m in train_metrics])),
+        "train_loss": float(np.mean([m["loss"][0] for m in history])),
+        "train_accuracy": float(np.mean([m["accuracy"][0] for m in history])),
         "val_loss": val["loss"], "val_accuracy": val["accuracy"],
         "test_loss": test["loss"], "test_accuracy": test["accuracy"],
         "masked_fraction": test["masked_fraction"],
-        "lr": optim.current_lr(state.opt_state, config.lr, config.schedule,
+        "lr": optim.current_lr(state.opt_state, config.score_lr if config.mode == "mask"
+                               else config.lr, config.schedule,
                                steps * config.epochs, int(state.step)),
         "seconds": time.perf_counter() - start_time,
         "images_per_second": steps * config.batch_size / train_seconds,
@@ -200,11 +216,10 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     if not np.isfinite(line["train_loss"]):
       raise RunError(f"non-finite training loss in epoch {epoch} (steps {int(state.step) - steps + 1}"
                      f"..{int(state.step)}); last good checkpoint: epoch {epoch - 1}")
-    masks = jax.device_get(eval_masks(state))
-    checkpoint.save(manager, epoch, state, masks,
+    checkpoint.save(manager, epoch, state, jax.device_get(eval_masks(state)),
                     {"metrics": line, "config": config.to_dict(), "layers": layers})
     _append_metrics(workdir, line)
-    print(_format_line(line), file=sys.stderr if tty else sys.stdout, flush=True)
+    print(_format_line(line), flush=True)
   manager.close()
   return read_metrics(workdir)
 

@@ -41,7 +41,7 @@ class TrainState:
 def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTransformationExtraArgs:
   """The partition of `config.mode`, built from the config's optimizer fields."""
   return optim.make_optimizer(
-      config.mode, lr=config.lr, optimizer=config.optimizer,
+      config.mode, lr=config.lr, score_lr=config.score_lr, optimizer=config.optimizer,
       score_optimizer=config.score_optimizer, momentum=config.momentum,
       weight_decay=config.weight_decay, schedule=config.schedule,
       total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch,

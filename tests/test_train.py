@@ -45,7 +45,7 @@ def assert_no_negative_zero(tree):
 
 @pytest.mark.parametrize("estimator", masking.ESTIMATORS)
 def test_mask_mode_trains_only_scores(batch, estimator):
-  config = BASE.replace(mode="mask", estimator=estimator, lr=0.1)
+  config = BASE.replace(mode="mask", estimator=estimator, score_lr=0.1)
   model = models.get(config.model, 10)
   init = train.create_state(jax.random.key(0), model, (8, 8, 1), config)
   assert_no_negative_zero(init.trainable["params"])
@@ -168,7 +168,7 @@ def test_pmap_on_4_devices_equals_single_device(batch, estimator):
   assert jax.local_device_count() == 4
   # SGD on scores: Adam divides near-zero gradients by their own magnitude, which turns
   # float reduction-order noise (~1e-9) into lr-sized steps, in any implementation.
-  config = BASE.replace(mode="mask", estimator=estimator, score_optimizer="sgd", lr=1.0, flip=True,
+  config = BASE.replace(mode="mask", estimator=estimator, score_optimizer="sgd", score_lr=1.0, flip=True,
                         max_translate=0.2, max_rotate=15.0)
   model = models.get(config.model, 10)
   state = train.create_state(jax.random.key(0), model, (8, 8, 1), config)

@@ -1,0 +1,137 @@
+"""End-to-end runs on digits with tiny models and few epochs."""
+
+import json
+import struct
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import digits
+from smjax import checkpoint, cli, data, models, run
+
+TINY = digits.get_config().replace(model="lenet300-100", batch_size=64, epochs=2,
+                                   finetune_epochs=2, val_size=100.0)
+FIELDS = {"epoch", "step", "mode", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+          "test_loss", "test_accuracy", "masked_fraction", "lr", "seconds", "images_per_second"}
+
+
+def tiny_args(workdir, *extra):
+  sets = ["model=lenet300-100", "batch_size=64", "epochs=2", "finetune_epochs=2", "val_size=100"]
+  return ["--workdir", str(workdir), *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def is_png(path):
+  header = path.read_bytes()[:24]
+  width, height = struct.unpack(">II", header[16:24])
+  return header[:8] == b"\x89PNG\r\n\x1a\n" and width > 100 and height > 100
+
+
+@pytest.fixture(scope="module")
+def all_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("all")
+  assert cli.main(digits.get_config, "digits", tiny_args(workdir, "--regime", "all")) == 0
+  return workdir
+
+
+def test_regime_all_writes_the_run_directory_contract(all_run):
+  for regime in ("mask", "weight", "finetune"):
+    config = json.loads((all_run / regime / "config.json").read_text())
+    assert config["mode"] == regime
+    lines = run.read_metrics(all_run / regime)
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for line in lines:
+      assert FIELDS <= set(line) and line["mode"] == regime
+    assert (all_run / regime / "checkpoints").is_dir()
+  assert run.read_metrics(all_run / "weight")[-1]["masked_fraction"] == 0.0
+  assert json.loads((all_run / "finetune" / "config.json").read_text())["lr"] == TINY.finetune_lr
+  for name in ("curves.png", "mask_utilization.png"):
+    assert is_png(all_run / "report" / name)
+  summary = (all_run / "report" / "summary.md").read_text()
+  assert "| mask |" in summary and "| finetune |" in summary and "dense1/kernel" in summary
+
+
+def test_finetune_keeps_the_best_mask_and_modes_share_the_init(all_run):
+  best = checkpoint.restore(all_run / "mask", which="best")
+  for path in sorted((all_run / "finetune" / "checkpoints").iterdir()):
+    if path.name.isdigit():
+      ft = checkpoint.restore(path)
+      for a, b in zip(jax.tree.leaves(ft["masks"]), jax.tree.leaves(best["masks"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(ft["state"]["masks"]), jax.tree.leaves(best["masks"]),
+                      strict=True):
+        np.testing.assert_array_equal(a != 0, b)
+  # Mask-mode params are frozen, so the mask checkpoint holds the shared initialization.
+  dataset = data.load("digits", val_size=100)
+  model = models.get("lenet300-100", 10)
+  weight_cfg = TINY.replace(mode="weight")
+  init = run.initial_state(weight_cfg, model, dataset, 1)
+  for a, b in zip(jax.tree.leaves(init.trainable["params"]),
+                  jax.tree.leaves(best["state"]["trainable"]["params"]), strict=True):
+    assert np.array_equal(a, b)
+
+
+def test_the_default_mask_run_beats_chance_by_far(tmp_path):
+  # The experiment's defaults (Adam on scores, scores from 1.0), only fewer epochs.
+  lines = run.train(digits.get_config().replace(mode="mask", epochs=6), tmp_path)
+  assert lines[-1]["test_accuracy"] > 0.8  # chance: 0.1
+  assert 0 < lines[-1]["masked_fraction"] < 1
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+  config = TINY.replace(mode="mask", epochs=3)
+  run.train(config, tmp_path / "whole")
+
+  appended = []
+  real_append = run._append_metrics
+
+  def append_then_stop(workdir, line):
+    if line["epoch"] == 2:  # killed after epoch 2's checkpoint, before its metrics line
+      raise KeyboardInterrupt
+    appended.append(line)
+    real_append(workdir, line)
+
+  monkeypatch.setattr(run, "_append_metrics", append_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    run.train(config, tmp_path / "stopped")
+  monkeypatch.setattr(run, "_append_metrics", real_append)
+  assert [m["epoch"] for m in run.read_metrics(tmp_path / "stopped")] == [1]
+  run.train(config, tmp_path / "stopped")
+
+  whole, resumed = run.read_metrics(tmp_path / "whole"), run.read_metrics(tmp_path / "stopped")
+  assert [m["epoch"] for m in resumed] == [1, 2, 3]
+  timing = {"seconds", "images_per_second"}
+  for a, b in zip(whole, resumed):
+    assert {k: v for k, v in a.items() if k not in timing} == \
+        {k: v for k, v in b.items() if k not in timing}
+  a = checkpoint.restore(tmp_path / "whole", which="latest")
+  b = checkpoint.restore(tmp_path / "stopped", which="latest")
+  assert a["epoch"] == b["epoch"] == 3
+  for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
+    assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "model=resnet9"], "unknown model"),
+    (["--set", "dataset=svhn"], "unknown dataset"),
+    (["--set", "lr=-1"], "lr must be > 0"),
+    (["--set", "epochs=0"], "epochs must be >= 1"),
+    (["--set", "estimator=gumbel"], "unknown estimator"),
+    (["--set", "batch_size=30"], "does not split across 4 devices"),
+    (["--set", "no_such_key=1"], "unknown config key"),
+    (["--set", "lr=fast"], "expects float"),
+    (["--regime", "finetune"], "finetune needs"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+  workdir = tmp_path / "run"
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(workdir), *args]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+  assert not workdir.exists()
+
+
+def test_reusing_a_workdir_with_another_config_is_refused(tmp_path, capsys):
+  run.train(TINY.replace(mode="mask", epochs=1), tmp_path)
+  assert cli.main(digits.get_config, "digits",
+                  tiny_args(tmp_path, "--regime", "mask", "--set", "lr=0.5")) == 2
+  assert "differs in: epochs, lr" in capsys.readouterr().err
