@@ -1,18 +1,22 @@
-"""Orbax checkpoints of a run: the latest (for resume) and the best by the protocol's metric.
+"""Orbax checkpoints of a run, indexed by training step.
 
-Each checkpoint (one per finished epoch, step = epoch) holds three items:
+Kept: the two latest (resume, with one to fall back on) and the best by the protocol's metric.
+Every checkpoint holds three items:
   state  the TrainState pytree (step, trainable, batch_stats, opt_state, masks)
   masks  the binary evaluation masks, bool, mirroring the scores
-  meta   JSON: the epoch's metrics line and the run's config
-`restore` reads them back as plain numpy/dicts without any model code.
+  meta   JSON: epoch, the epoch's metrics line (or, for a checkpoint written by a graceful
+         stop mid-epoch, `partial: true` and the epoch's per-step metrics so far), config, layers
+`restore` reads them back as numpy pytrees and dicts without any model code.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -23,15 +27,19 @@ class CheckpointError(RuntimeError):
   """A missing, foreign or unreadable checkpoint."""
 
 
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+  return Path(workdir) / "checkpoints"
+
+
 def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy",
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the latest checkpoint and the best one by `best_metric` (higher is better).
+  """Keeps the 2 latest checkpoints and the best one by `best_metric` (higher is better).
 
-  Saves are synchronous and atomic (orbax writes to a temporary directory and renames).
+  Saves are synchronous and atomic: orbax writes a temporary directory and renames it.
   """
   metric = lambda metrics: metrics[best_metric]
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=1),
+      ocp.checkpoint_managers.LatestN(n=2),
       ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1),
   ])
   # best_fn only makes the manager persist metrics and answer best_step();
@@ -42,53 +50,79 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
   return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, epoch: int, state: Any, masks: Any, meta: dict) -> None:
-  """Saves one epoch; `meta['metrics']` ranks it."""
-  manager.save(epoch, args=ocp.args.Composite(
+def save(manager: ocp.CheckpointManager, step: int, state: Any, masks: Any, meta: dict) -> None:
+  """Saves one checkpoint; `meta['metrics']` (absent mid-epoch) ranks it."""
+  manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), masks=ocp.args.StandardSave(masks),
-      meta=ocp.args.JsonSave(meta)), metrics=meta["metrics"])
+      meta=ocp.args.JsonSave(meta)), metrics=meta.get("metrics"))
   manager.wait_until_finished()
 
 
-def restore_state(manager: ocp.CheckpointManager, epoch: int, target: Any) -> tuple[Any, dict]:
-  """(state restored into the structure of `target`, meta) of one epoch."""
-  restored = manager.restore(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
+def restore_state(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
+  """(state restored into the structure of `target`, meta) of one checkpoint."""
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  except Exception as err:  # orbax and tensorstore raise many types for damaged files
+    raise CheckpointError(_unreadable(manager.directory / str(step), err)) from err
+  return restored["state"], dict(restored["meta"])
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> Path:
-  return Path(workdir) / "checkpoints"
+def quarantine(manager: ocp.CheckpointManager, step: int) -> Path:
+  """Moves a damaged checkpoint out of the manager's directory (kept for a post-mortem)."""
+  source = Path(manager.directory) / str(step)
+  target = Path(manager.directory).parent / "checkpoints_damaged" / str(step)
+  target.parent.mkdir(exist_ok=True)
+  shutil.rmtree(target, ignore_errors=True)
+  shutil.move(str(source), str(target))
+  manager.reload()
+  return target
 
 
-def restore(path: str | os.PathLike, epoch: int | None = None, which: str = "best") -> dict:
+def _unreadable(path: Path, err: Exception) -> str:
+  detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+  return f"checkpoint {path} is unreadable ({type(err).__name__}: {detail})"
+
+
+def _open(path: str | os.PathLike) -> tuple[ocp.CheckpointManager, int | None]:
+  """A read-only manager for a run dir, its checkpoints/ dir or one step dir (and that step)."""
+  path = Path(path)
+  step = None
+  if path.name.isdigit() and not (path / "checkpoints").is_dir():
+    step, path = int(path.name), path.parent
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.is_dir() or not any(p.name.isdigit() for p in path.iterdir()):
+    raise CheckpointError(f"no checkpoints in {path}: not a run directory")
+  return make_manager(path, read_only=True), step
+
+
+def steps(path: str | os.PathLike) -> list[int]:
+  """The steps of the checkpoints a run directory holds."""
+  return sorted(_open(path)[0].all_steps())
+
+
+def restore(path: str | os.PathLike, step: int | None = None, which: str = "best") -> dict:
   """Restores a checkpoint as numpy pytrees and dicts, no model code needed.
 
   path: a run directory, its `checkpoints/` directory, or one step directory
-  (`checkpoints/<epoch>`). Returns {'epoch', 'state', 'masks', 'meta'}.
+  (`checkpoints/<step>`). Without `step`, the best (`which="best"`) or the latest
+  checkpoint. Returns {'step', 'state', 'masks', 'meta'}.
   """
-  path = Path(path)
-  if path.name.isdigit() and epoch is None:
-    epoch, path = int(path.name), path.parent
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  if not path.is_dir():
-    raise CheckpointError(f"no checkpoints in {path}")
-  manager = make_manager(path, read_only=True)
-  steps = manager.all_steps()
-  if not steps:
-    raise CheckpointError(f"no checkpoints in {path}")
-  if epoch is None:
-    epoch = manager.best_step() if which == "best" else manager.latest_step()
-  if epoch not in steps:
-    raise CheckpointError(f"no checkpoint for epoch {epoch} in {path}; saved: {sorted(steps)}")
+  manager, path_step = _open(path)
+  step = step if step is not None else path_step
+  saved = manager.all_steps()
+  if step is None:
+    step = manager.best_step() if which == "best" else manager.latest_step()
+  if step not in saved:
+    raise CheckpointError(f"no checkpoint for step {step} in {manager.directory}; "
+                          f"saved steps: {sorted(saved)}")
   try:
-    restored = manager.restore(epoch, args=ocp.args.Composite(
+    restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), masks=ocp.args.StandardRestore(),
         meta=ocp.args.JsonRestore()))
-  except Exception as err:  # orbax raises many types for damaged files
-    raise CheckpointError(f"checkpoint {path / str(epoch)} is unreadable: "
-                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-  to_numpy = lambda tree: __import__("jax").tree.map(np.asarray, tree)
-  return {"epoch": epoch, "state": to_numpy(restored["state"]),
-          "masks": to_numpy(restored["masks"]), "meta": dict(restored["meta"])}
+  except Exception as err:
+    raise CheckpointError(_unreadable(Path(manager.directory) / str(step), err)) from err
+  to_numpy = lambda tree: jax.tree.map(np.asarray, tree)
+  return {"step": step, "state": to_numpy(restored["state"]), "masks": to_numpy(restored["masks"]),
+          "meta": dict(restored["meta"])}

@@ -57,8 +57,6 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
   except (ValueError, run.RunError, data.DataError, checkpoint.CheckpointError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"\ninterrupted; rerun the same command to resume from the last finished epoch",
-          file=sys.stderr)
-    return 130
+  except run.Stopped as stopped:
+    print(stopped, file=sys.stderr)
   return 0

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from smjax import checkpoint, masking  # noqa: E402
-from smjax.run import read_metrics  # noqa: E402
+from smjax.workdir import read_metrics  # noqa: E402
 
 REGIMES = ("mask", "weight", "finetune")
 

@@ -1,88 +1,41 @@
-"""The epoch loop and its side effects: config.json, metrics.jsonl, checkpoints, progress.
+"""The epoch loop and its side effects: checkpoints, metrics, progress, signals.
 
     train(config, workdir)       one mode (mask | weight | finetune) in one run directory
     train_all(config, workdir)   mask, weight (same init) and finetune from mask's best, then the report
 
-Rerunning on an existing run directory resumes from its latest checkpoint.
+Rerunning on an existing run directory resumes from its latest readable checkpoint. SIGTERM or
+Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import checkpoint, data, models, optim, train as train_lib
+from smjax import checkpoint, data, models, optim, train as train_lib, workdir as workdir_lib
 from smjax.config import Config, validate
+from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
 REGIMES = ("mask", "weight", "finetune", "all")
 
 
-class RunError(RuntimeError):
-  """A run that must not start (conflicting workdir, missing mask run, ...)."""
+class Stopped(Exception):
+  """A run stopped by a signal after checkpointing; rerunning resumes it."""
 
 
 # --------------------------------------------------------------------------
-# Run directory.
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
-def claim_workdir(config: Config, workdir: Path, overwrite: bool = False) -> None:
-  """Writes config.json; refuses a workdir that holds a run of another config."""
-  path = workdir / "config.json"
-  if path.exists() and not overwrite:
-    previous = json.loads(path.read_text())
-    diff = sorted(k for k, v in config.to_dict().items() if previous.get(k) != v)
-    if diff:
-      raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
-                     "use another --workdir or --overwrite")
-    return
-  if overwrite:
-    import shutil
-    for name in ("checkpoints", "metrics.jsonl"):
-      target = workdir / name
-      shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _write_json_atomic(path, config.to_dict())
-
-
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  path = Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
-  """Makes metrics.jsonl hold exactly one line per checkpointed epoch 1..epoch."""
-  lines = [m for m in read_metrics(workdir) if m["epoch"] <= epoch]
-  if last_line is not None and (not lines or lines[-1]["epoch"] < epoch):
-    lines.append(last_line)  # killed between the checkpoint and its metrics line
-  if lines != read_metrics(workdir):
-    tmp = workdir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
-    os.replace(tmp, workdir / "metrics.jsonl")
-
-
-def _append_metrics(workdir: Path, line: dict) -> None:
-  with open(workdir / "metrics.jsonl", "a") as f:
-    f.write(json.dumps(line) + "\n")
-
-
-# --------------------------------------------------------------------------
-# Finetune start.
+# Start: initial state, finetune source, resume.
 
 
 def finetune_start(config: Config) -> dict:
@@ -97,29 +50,10 @@ def finetune_start(config: Config) -> dict:
   for key in ("model", "dataset", "downsampling", "mask_biases"):
     if source.get(key) != getattr(config, key):
       raise RunError(f"{mask_run} has {key}={source.get(key)!r}, this run {getattr(config, key)!r}")
-  restored = checkpoint.restore(mask_run, which="best")
-  state = restored["state"]
+  best = checkpoint.restore(mask_run, which="best")
+  state = best["state"]
   return {"params": state["trainable"]["params"], "scores": state["trainable"]["scores"],
-          "batch_stats": state["batch_stats"], "masks": restored["masks"],
-          "epoch": restored["epoch"]}
-
-
-# --------------------------------------------------------------------------
-# The loop.
-
-
-def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, devices: int) -> dict:
-  if split is None:
-    return {"loss": None, "accuracy": None, "masked_fraction": None}
-  batches = data.eval_batches(split, config.eval_batch_size, num_devices=devices,
-                              process_index=jax.process_index(), process_count=jax.process_count())
-  sums = [p_eval(pstate, batch) for batch in batches]
-  sums = jax.device_get(sums)
-  count = sum(float(s["count"][0]) for s in sums)
-  assert int(count) == len(split), (count, len(split))
-  return {"loss": sum(float(s["loss"][0]) for s in sums) / count,
-          "accuracy": sum(float(s["correct"][0]) for s in sums) / count,
-          "masked_fraction": float(sums[0]["masked_fraction"][0])}
+          "batch_stats": state["batch_stats"], "masks": best["masks"]}
 
 
 def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> train_lib.TrainState:
@@ -135,44 +69,95 @@ def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> t
   return state
 
 
-def _resume(manager, workdir: Path, state):
-  """(state, first epoch to run) from the latest checkpoint, with metrics.jsonl made to match."""
-  epoch = manager.latest_step()
-  if epoch is None:
-    _sync_metrics(workdir, 0, None)
-    return state, 1
-  state, meta = checkpoint.restore_state(manager, epoch, state)
-  _sync_metrics(workdir, epoch, meta["metrics"])
-  return state, epoch + 1
+def _resume(manager, workdir: Path, state) -> tuple:
+  """(state, epoch to run, that epoch's per-step metrics so far, seconds so far) from the
+  newest readable checkpoint; damaged ones are reported and moved aside."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, meta = checkpoint.restore_state(manager, step, state)
+    except checkpoint.CheckpointError as err:
+      moved = checkpoint.quarantine(manager, step)
+      print(f"warning: {err}; moved to {moved}, trying the previous one", file=sys.stderr)
+      continue
+    if meta.get("partial"):
+      workdir_lib.sync_metrics(workdir, meta["epoch"] - 1, None)
+      return restored, meta["epoch"], meta["history"], meta["seconds"]
+    workdir_lib.sync_metrics(workdir, meta["epoch"], meta["metrics"])
+    return restored, meta["epoch"] + 1, [], 0.0
+  workdir_lib.sync_metrics(workdir, 0, None)
+  return state, 1, [], 0.0
 
 
-def _train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key) -> tuple:
-  """One pass over the training split; returns (pstate, per-step metrics on the host)."""
-  devices = jax.local_device_count()
+# --------------------------------------------------------------------------
+# The loop.
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """Yields a list that becomes non-empty on SIGTERM or SIGINT (checked between steps)."""
+  requests = []
+  previous = {}
+  if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+    handler = lambda signum, frame: requests.append(signum)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield requests
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _evaluate(p_eval, pstate, split: data.Split | None, config: Config) -> dict:
+  if split is None:
+    return {"loss": None, "accuracy": None, "masked_fraction": None}
+  batches = data.eval_batches(split, config.eval_batch_size, num_devices=jax.local_device_count(),
+                              process_index=jax.process_index(), process_count=jax.process_count())
+  sums = jax.device_get([p_eval(pstate, batch) for batch in batches])
+  count = sum(float(s["count"][0]) for s in sums)
+  return {"loss": sum(float(s["loss"][0]) for s in sums) / count,
+          "accuracy": sum(float(s["correct"][0]) for s in sums) / count,
+          "masked_fraction": float(sums[0]["masked_fraction"][0])}
+
+
+def _train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
+                 done: int, stop: list) -> tuple:
+  """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
+
+  Stops early, unfinished, at the first step boundary after a stop request.
+  """
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
+  batches = data.train_batches(dataset.train, config.batch_size, seed=config.seed, epoch=epoch,
+                               num_devices=jax.local_device_count(),
+                               process_index=jax.process_index(), process_count=jax.process_count())
   tty = sys.stderr.isatty()
   history = []
-  with tqdm(total=steps, desc=f"{config.mode} {epoch}/{config.epochs}", disable=not tty,
-            leave=False) as bar:
-    for batch in data.train_batches(dataset.train, config.batch_size, seed=config.seed,
-                                    epoch=epoch, num_devices=devices,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count()):
+  with tqdm(total=steps, initial=done, desc=f"{config.mode} {epoch}/{config.epochs}",
+            disable=not tty, leave=False) as bar:
+    for batch in itertools.islice(batches, done, None):
       pstate, metrics = p_step(pstate, batch, key)
       history.append(metrics)
       bar.update()
       if tty and len(history) % 10 == 0:  # the only host sync inside the epoch, and only on a TTY
         bar.set_postfix(loss=f"{float(metrics['loss'][0]):.3f}",
                         acc=f"{float(metrics['accuracy'][0]):.3f}")
-  return pstate, jax.device_get(history)
+      if stop:
+        break
+  history = [[float(m["loss"][0]), float(m["accuracy"][0])] for m in jax.device_get(history)]
+  return pstate, history, done + len(history) == steps
+
+
+def _check_finite(history: list, epoch: int, first_step: int, last_good: int | None) -> None:
+  bad = next((i for i, (loss, _) in enumerate(history) if not np.isfinite(loss)), None)
+  if bad is not None:
+    raise RunError(f"non-finite training loss at epoch {epoch}, step {first_step + bad + 1}; "
+                   f"stopped, the last good checkpoint (step {last_good}) is kept")
 
 
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
           dataset: data.Dataset | None = None) -> list[dict]:
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines."""
   validate(config)
-  devices = jax.local_device_count()
-  data.check_batch_size(config.batch_size, devices, jax.process_count())
+  data.check_batch_size(config.batch_size, jax.local_device_count(), jax.process_count())
   dataset = dataset or data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
   if config.protocol == "clean" and dataset.val is None:
     raise RunError("protocol 'clean' needs a validation split (val_size > 0)")
@@ -182,44 +167,58 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
   state = initial_state(config, model, dataset, steps)
   workdir = Path(workdir)
-  claim_workdir(config, workdir, overwrite)
+  workdir_lib.claim(config, workdir, overwrite)
   manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir), config.best_metric)
-  state, first_epoch = _resume(manager, workdir, state)
+  state, first_epoch, history, seconds = _resume(manager, workdir, state)
 
   p_step = train_lib.pmap_train_step(train_lib.make_train_step(model, config, train_lib.AXIS))
   p_eval = train_lib.pmap_eval_step(train_lib.make_eval_step(model, config, train_lib.AXIS))
   eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
                                               train_lib.evaluation_masks(s, config)))
-  layers = models.layer_order(model, dataset.input_shape)
+  meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape)}
   step_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   pstate = train_lib.replicate(state)
-  for epoch in range(first_epoch, config.epochs + 1):
-    start_time = time.perf_counter()
-    pstate, history = _train_epoch(p_step, pstate, dataset, config, epoch, step_key)
-    train_seconds = time.perf_counter() - start_time
-    val = _evaluate(p_eval, pstate, dataset.val, config, devices)
-    test = _evaluate(p_eval, pstate, dataset.test, config, devices)
-    state = train_lib.unreplicate(pstate)
-    line = {
-        "epoch": epoch, "step": int(state.step), "mode": config.mode,
-        "train_loss": float(np.mean([m["loss"][0] for m in history])),
-        "train_accuracy": float(np.mean([m["accuracy"][0] for m in history])),
-        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-        "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-        "masked_fraction": test["masked_fraction"],
-        "lr": optim.current_lr(state.opt_state, config.score_lr if config.mode == "mask"
-                               else config.lr, config.schedule,
-                               steps * config.epochs, int(state.step)),
-        "seconds": time.perf_counter() - start_time,
-        "images_per_second": steps * config.batch_size / train_seconds,
-    }
-    if not np.isfinite(line["train_loss"]):
-      raise RunError(f"non-finite training loss in epoch {epoch} (steps {int(state.step) - steps + 1}"
-                     f"..{int(state.step)}); last good checkpoint: epoch {epoch - 1}")
-    checkpoint.save(manager, epoch, state, jax.device_get(eval_masks(state)),
-                    {"metrics": line, "config": config.to_dict(), "layers": layers})
-    _append_metrics(workdir, line)
-    print(_format_line(line), flush=True)
+  with _stop_requests() as stop:
+    for epoch in range(first_epoch, config.epochs + 1):
+      start_time = time.perf_counter() - seconds
+      pstate, new, finished = _train_epoch(p_step, pstate, dataset, config, epoch, step_key,
+                                           len(history), stop)
+      history, seconds = history + new, 0.0
+      state = train_lib.unreplicate(pstate)
+      _check_finite(history, epoch, (epoch - 1) * steps, manager.latest_step())
+      if not finished:
+        checkpoint.save(manager, int(state.step), state, jax.device_get(eval_masks(state)),
+                        {**meta, "epoch": epoch, "partial": True, "history": history,
+                         "seconds": time.perf_counter() - start_time})
+        raise Stopped(f"stopped at step {int(state.step)} (epoch {epoch}); "
+                      "rerun the same command to resume")
+      train_seconds = time.perf_counter() - start_time
+      val = _evaluate(p_eval, pstate, dataset.val, config)
+      test = _evaluate(p_eval, pstate, dataset.test, config)
+      line = {
+          "epoch": epoch, "step": int(state.step), "mode": config.mode,
+          "train_loss": float(np.mean([h[0] for h in history])),
+          "train_accuracy": float(np.mean([h[1] for h in history])),
+          "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+          "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+          "masked_fraction": test["masked_fraction"],
+          "lr": optim.current_lr(state.opt_state, config.score_lr if config.mode == "mask"
+                                 else config.lr, config.schedule, steps * config.epochs,
+                                 int(state.step)),
+          "seconds": time.perf_counter() - start_time,
+          "images_per_second": steps * config.batch_size / train_seconds,
+      }
+      partial = [s for s in manager.all_steps() if s < int(state.step)
+                 and (epoch - 1) * steps < s]
+      checkpoint.save(manager, int(state.step), state, jax.device_get(eval_masks(state)),
+                      {**meta, "epoch": epoch, "metrics": line})
+      for s in partial:  # mid-epoch checkpoints of a graceful stop are superseded
+        manager.delete(s)
+      workdir_lib.append_metrics(workdir, line)
+      print(_format_line(line), flush=True)
+      history = []
+      if stop and epoch < config.epochs:
+        raise Stopped(f"stopped after epoch {epoch}; rerun the same command to resume")
   manager.close()
   return read_metrics(workdir)
 
@@ -230,6 +229,10 @@ def _format_line(line: dict) -> str:
           f"acc {pct(line['train_accuracy'])} | val {pct(line['val_accuracy'])} | "
           f"test {pct(line['test_accuracy'])} | masked {pct(line['masked_fraction'])} | "
           f"{line['seconds']:.1f}s, {line['images_per_second']:.0f} img/s")
+
+
+# --------------------------------------------------------------------------
+# Regimes.
 
 
 def regime_configs(config: Config, workdir: Path) -> dict[str, Config]:

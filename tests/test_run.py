@@ -9,6 +9,7 @@ import pytest
 
 from experiments import digits
 from smjax import checkpoint, cli, data, models, run
+from smjax import workdir as workdir_lib
 
 TINY = digits.get_config().replace(model="lenet300-100", batch_size=64, epochs=2,
                                    finetune_epochs=2, val_size=100.0)
@@ -82,19 +83,17 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   config = TINY.replace(mode="mask", epochs=3)
   run.train(config, tmp_path / "whole")
 
-  appended = []
-  real_append = run._append_metrics
+  real_append = workdir_lib.append_metrics
 
-  def append_then_stop(workdir, line):
-    if line["epoch"] == 2:  # killed after epoch 2's checkpoint, before its metrics line
-      raise KeyboardInterrupt
-    appended.append(line)
+  def append_then_die(workdir, line):
+    if line["epoch"] == 2:  # dies after epoch 2's checkpoint, before its metrics line
+      raise SystemExit(137)
     real_append(workdir, line)
 
-  monkeypatch.setattr(run, "_append_metrics", append_then_stop)
-  with pytest.raises(KeyboardInterrupt):
+  monkeypatch.setattr(workdir_lib, "append_metrics", append_then_die)
+  with pytest.raises(SystemExit):
     run.train(config, tmp_path / "stopped")
-  monkeypatch.setattr(run, "_append_metrics", real_append)
+  monkeypatch.setattr(workdir_lib, "append_metrics", real_append)
   assert [m["epoch"] for m in run.read_metrics(tmp_path / "stopped")] == [1]
   run.train(config, tmp_path / "stopped")
 
@@ -106,7 +105,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         {k: v for k, v in b.items() if k not in timing}
   a = checkpoint.restore(tmp_path / "whole", which="latest")
   b = checkpoint.restore(tmp_path / "stopped", which="latest")
-  assert a["epoch"] == b["epoch"] == 3
+  assert a["step"] == b["step"] == 3 * (len(data.load("digits", val_size=100).train) // 64)
   for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
     assert np.array_equal(x, y)
 

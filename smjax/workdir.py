@@ -1,0 +1,82 @@
+"""The run directory: config.json, metrics.jsonl and what may be reused.
+
+metrics.jsonl gets one line per finished epoch, appended after that epoch's checkpoint is
+on disk; on resume it is made to match the checkpoint (a line lost to a kill is restored from
+the checkpoint, lines of epochs that no checkpoint holds are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from smjax.config import Config
+
+
+class RunError(RuntimeError):
+  """A run that must not start or go on (conflicting workdir, missing mask run, NaN loss...)."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
+  """Writes config.json; refuses a workdir that holds a run of another config."""
+  path = workdir / "config.json"
+  if path.exists() and not overwrite:
+    previous = json.loads(path.read_text())
+    diff = sorted(k for k, v in config.to_dict().items() if previous.get(k) != v)
+    if diff:
+      raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
+                     "use another --workdir or --overwrite")
+    return
+  if overwrite:
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(path, config.to_dict())
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The metrics lines of a run; a last line torn by a kill is ignored."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  lines = []
+  for text in path.read_text().splitlines():
+    try:
+      lines.append(json.loads(text))
+    except json.JSONDecodeError:
+      break
+  return lines
+
+
+def sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
+  """Makes metrics.jsonl hold exactly one line per checkpointed epoch 1..epoch."""
+  current = read_metrics(workdir)
+  lines = [m for m in current if m["epoch"] <= epoch]
+  if last_line is not None and (not lines or lines[-1]["epoch"] < epoch):
+    lines.append(last_line)  # killed between the checkpoint and its metrics line
+  if len(lines) < len(current):
+    print(f"warning: metrics.jsonl had epochs after the last good checkpoint (epoch {epoch}); "
+          "they will be run again", file=sys.stderr)
+  path = workdir / "metrics.jsonl"
+  if lines != current or (path.exists() and not path.read_text().endswith("\n")
+                          and path.stat().st_size):
+    tmp = workdir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    os.replace(tmp, path)
+
+
+def append_metrics(workdir: Path, line: dict) -> None:
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write(json.dumps(line) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
