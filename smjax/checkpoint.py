@@ -32,16 +32,18 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
 
 
 def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy",
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the 2 latest checkpoints and the best one by `best_metric` (higher is better).
+                 read_only: bool = False, keep_every_steps: int = 0) -> ocp.CheckpointManager:
+  """Keeps the 2 latest checkpoints, the best one by `best_metric` (higher is better) and,
+  with `keep_every_steps`, every checkpoint at a multiple of it (for mask dynamics).
 
   Saves are synchronous and atomic: orbax writes a temporary directory and renames it.
   """
   metric = lambda metrics: metrics[best_metric]
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=2),
-      ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1),
-  ])
+  policies = [ocp.checkpoint_managers.LatestN(n=2),
+              ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1)]
+  if keep_every_steps:
+    policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every_steps))
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
   # best_fn only makes the manager persist metrics and answer best_step();
   # which checkpoints survive is decided by the preservation policy.
   options = ocp.CheckpointManagerOptions(
@@ -126,3 +128,24 @@ def restore(path: str | os.PathLike, step: int | None = None, which: str = "best
   to_numpy = lambda tree: jax.tree.map(np.asarray, tree)
   return {"step": step, "state": to_numpy(restored["state"]), "masks": to_numpy(restored["masks"]),
           "meta": dict(restored["meta"])}
+
+
+def read_meta(path: str | os.PathLike, step: int) -> dict:
+  """The JSON meta item of one checkpoint, without reading its arrays."""
+  manager, _ = _open(path)
+  try:
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+  except Exception as err:
+    raise CheckpointError(_unreadable(Path(manager.directory) / str(step), err)) from err
+
+
+def mask_history(path: str | os.PathLike) -> list[dict]:
+  """Per saved checkpoint, oldest first: step, epoch and the per-layer mask table."""
+  from smjax import masking
+  rows = []
+  for step in steps(path):
+    restored = restore(path, step=step)
+    meta = restored["meta"]
+    rows.append({"step": step, "epoch": meta.get("epoch"), "partial": bool(meta.get("partial")),
+                 "layers": masking.layer_stats(restored["masks"], meta.get("layers"))})
+  return rows

@@ -51,6 +51,7 @@ class Config:
   plateau_factor: float = 0.1
   batch_size: int = 128
   eval_batch_size: int = 500
+  keep_every_epochs: int = 0          # also keep every N-th epoch's checkpoint (0: latest + best)
   epochs: int = 30
   # Augmentation, on device, per example.
   flip: bool = False
@@ -145,8 +146,9 @@ def validate(config: Config) -> None:
     value = getattr(config, key)
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
-  if config.weight_decay < 0 or config.max_rotate < 0:
-    raise ValueError("weight_decay and max_rotate must be >= 0")
+  for key in ("weight_decay", "max_rotate", "keep_every_epochs"):
+    if getattr(config, key) < 0:
+      raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
   if config.topk_fraction == 0:
     raise ValueError("topk_fraction (the fraction kept) must be > 0")
   if config.val_size < 0 and config.val_size != -1:

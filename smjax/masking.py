@@ -276,3 +276,39 @@ def total_masked_fraction(masks: PyTree) -> jax.Array:
   kept = sum(jnp.sum(m != 0) for m in leaves)
   total = sum(m.size for m in leaves)
   return (total - kept) / total
+
+
+def flatten_masks(masks: PyTree) -> dict[str, np.ndarray]:
+  """{'layer/kernel': array} for saving or comparing masks outside JAX."""
+  return {"/".join(path): np.asarray(m) for path, m in traverse_util.flatten_dict(masks).items()}
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> dict:
+  a, b = a.astype(bool).ravel(), b.astype(bool).ravel()
+  p, q = a.mean(), b.mean()  # kept fractions
+  both, either = np.sum(a & b), np.sum(a | b)
+  return {"n_weights": int(a.size), "kept_a": float(p), "kept_b": float(q),
+          "jaccard": float(both / either) if either else 1.0,
+          "hamming": int(np.sum(a != b)), "hamming_fraction": float(np.mean(a != b)),
+          "agreement": float(np.mean(a == b)),
+          "chance_agreement": float(p * q + (1 - p) * (1 - q)),
+          "chance_jaccard": float(p * q / (p + q - p * q)) if p + q > 0 else 1.0}
+
+
+def compare_masks(a: PyTree, b: PyTree, order: list[str] | None = None) -> dict:
+  """Per-layer and total overlap of two binary masks of the same architecture.
+
+  Jaccard of the kept weights, Hamming distance, and what two independent random
+  masks with the same densities would give (agreement pq + (1-p)(1-q), Jaccard
+  pq / (p + q - pq)).
+  """
+  fa, fb = flatten_masks(a), flatten_masks(b)
+  if fa.keys() != fb.keys() or any(fa[k].shape != fb[k].shape for k in fa):
+    raise ValueError("the two masks belong to different architectures")
+  rank = {name: i for i, name in enumerate(order or [])}
+  names = sorted(fa, key=lambda n: (rank.get(n.rsplit("/", 1)[0], len(rank)),
+                                    natural_key(tuple(n.split("/")))))
+  layers = [{"name": n, **_overlap(fa[n], fb[n])} for n in names]
+  total = _overlap(np.concatenate([fa[n].ravel() for n in names]),
+                   np.concatenate([fb[n].ravel() for n in names]))
+  return {"layers": layers, "total": total}

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import absl.logging
 import matplotlib
 
 matplotlib.use("Agg")
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir")
   args = parser.parse_args(argv)
+  absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
     out = write_report(args.workdir)
   except (FileNotFoundError, checkpoint.CheckpointError) as err:

@@ -168,7 +168,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   state = initial_state(config, model, dataset, steps)
   workdir = Path(workdir)
   workdir_lib.claim(config, workdir, overwrite)
-  manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir), config.best_metric)
+  manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir), config.best_metric,
+                                    keep_every_steps=config.keep_every_epochs * steps)
   state, first_epoch, history, seconds = _resume(manager, workdir, state)
 
   p_step = train_lib.pmap_train_step(train_lib.make_train_step(model, config, train_lib.AXIS))
