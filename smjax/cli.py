@@ -59,4 +59,7 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
     return 2
   except run.Stopped as stopped:
     print(stopped, file=sys.stderr)
+  except KeyboardInterrupt:  # before the first step: nothing to checkpoint yet
+    print("\ninterrupted before training started", file=sys.stderr)
+    return 130
   return 0

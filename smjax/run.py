@@ -119,7 +119,7 @@ def _evaluate(p_eval, pstate, split: data.Split | None, config: Config) -> dict:
           "masked_fraction": float(sums[0]["masked_fraction"][0])}
 
 
-def _train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
+def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
                  done: int, stop: list) -> tuple:
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
@@ -182,7 +182,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   with _stop_requests() as stop:
     for epoch in range(first_epoch, config.epochs + 1):
       start_time = time.perf_counter() - seconds
-      pstate, new, finished = _train_epoch(p_step, pstate, dataset, config, epoch, step_key,
+      pstate, new, finished = train_epoch(p_step, pstate, dataset, config, epoch, step_key,
                                            len(history), stop)
       history, seconds = history + new, 0.0
       state = train_lib.unreplicate(pstate)

@@ -1,0 +1,105 @@
+"""Does the input side slow training down? Batching, augmentation, and an epoch vs. its steps.
+
+    python -m experiments.benchmark_input --out runs/benchmark_input.json
+
+Measures, on synthetic uint8 data of MNIST and CIFAR-10 shapes:
+  - host batching (shuffled index gather, device-shaped) in images/s;
+  - on-device augmentation (flip + translation + rotation, jitted) in images/s;
+  - per model: the wall time of one epoch through `smjax.run.train_epoch` (the loop the runs
+    use) against steps x the median time of one step on a fixed batch. Goal: ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.benchmark_step import machine
+from smjax import augment, data, models, run, train
+from smjax.config import Config
+
+CASES = {"lenet300-100": ("mnist", (28, 28, 1), 12800), "conv2": ("cifar10", (32, 32, 3), 3200)}
+
+
+def synthetic(shape, n, seed=0) -> data.Dataset:
+  rng = np.random.default_rng(seed)
+  split = data.Split(rng.integers(0, 256, (n, *shape), np.uint8),
+                     rng.integers(0, 10, n).astype(np.int32))
+  return data.Dataset("synthetic", split, None, split, 10)
+
+
+def batching_rate(dataset: data.Dataset, batch: int) -> float:
+  start = time.perf_counter()
+  count = sum(b["label"].size for b in data.train_batches(
+      dataset.train, batch, seed=0, epoch=1, num_devices=jax.local_device_count()))
+  return count / (time.perf_counter() - start)
+
+
+def augment_rate(shape, batch: int, repeats: int = 20) -> float:
+  fn = jax.jit(lambda k, x: augment.augment_batch(k, x, flip=True, max_translate=0.1,
+                                                  max_rotate=15.0))
+  images = jax.numpy.zeros((batch, *shape), jax.numpy.float32)
+  jax.block_until_ready(fn(jax.random.key(0), images))
+  times = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(jax.random.key(i), images))
+    times.append(time.perf_counter() - start)
+  return batch / statistics.median(times)
+
+
+def epoch_vs_steps(model_name: str, dataset_name: str, dataset: data.Dataset, batch: int) -> dict:
+  config = Config(model=model_name, dataset=dataset_name, mode="mask", batch_size=batch, epochs=3,
+                  flip=True, max_translate=0.1, max_rotate=15.0)
+  model = models.get(model_name, 10)
+  steps = data.steps_per_epoch(dataset.train, batch)
+  state = train.create_state(jax.random.key(0), model, dataset.input_shape, config)
+  p_step = train.pmap_train_step(train.make_train_step(model, config, train.AXIS))
+  key = jax.random.key(1)
+  pstate = train.replicate(state)
+  pstate, _, _ = run.train_epoch(p_step, pstate, dataset, config, 1, key, 0, [])  # compile, warm
+  fixed = next(data.train_batches(dataset.train, batch, seed=0, epoch=1,
+                                  num_devices=jax.local_device_count()))
+  step_times = []
+  for _ in range(min(steps, 50)):
+    start = time.perf_counter()
+    pstate, metrics = p_step(pstate, fixed, key)
+    jax.block_until_ready(metrics)
+    step_times.append(time.perf_counter() - start)
+  start = time.perf_counter()
+  pstate, history, _ = run.train_epoch(p_step, pstate, dataset, config, 2, key, 0, [])
+  epoch_seconds = time.perf_counter() - start
+  median = statistics.median(step_times)
+  return {"steps": steps, "batch": batch, "median_step_ms": 1e3 * median,
+          "epoch_seconds": epoch_seconds, "steps_x_median_seconds": steps * median,
+          "ratio": epoch_seconds / (steps * median)}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--out", default="runs/benchmark_input.json")
+  args = parser.parse_args(argv)
+  report = {"batch": args.batch, "machine": machine(), "batching": {}, "augmentation": {},
+            "epoch": {}}
+  for model_name, (dataset_name, shape, n) in CASES.items():
+    dataset = synthetic(shape, n)
+    report["batching"][dataset_name] = {"images_per_second": batching_rate(dataset, args.batch)}
+    report["augmentation"][dataset_name] = {"images_per_second": augment_rate(shape, args.batch)}
+    report["epoch"][model_name] = epoch_vs_steps(model_name, dataset_name, dataset, args.batch)
+    print(dataset_name, model_name, json.dumps(report["epoch"][model_name]), flush=True)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2) + "\n")
+  print(json.dumps({k: report[k] for k in ("batching", "augmentation")}))
+  return report
+
+
+if __name__ == "__main__":
+  main()
