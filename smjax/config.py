@@ -51,6 +51,7 @@ class Config:
   plateau_factor: float = 0.1
   batch_size: int = 128
   eval_batch_size: int = 500
+  steps_per_call: int = 1             # > 1: lax.scan over that many steps per compiled call
   keep_every_epochs: int = 0          # also keep every N-th epoch's checkpoint (0: latest + best)
   epochs: int = 30
   # Augmentation, on device, per example.
@@ -137,7 +138,8 @@ def validate(config: Config) -> None:
   for key, value in positive.items():
     if not value > 0:
       raise ValueError(f"{key} must be > 0, got {value}")
-  for key in ("epochs", "finetune_epochs", "batch_size", "eval_batch_size", "plateau_patience"):
+  for key in ("epochs", "finetune_epochs", "batch_size", "eval_batch_size", "plateau_patience",
+              "steps_per_call"):
     if getattr(config, key) < 1:
       raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
   ranges = {"topk_fraction": (0.0, 1.0), "threshold": (0.0, 1.0), "momentum": (0.0, 1.0),

@@ -151,6 +151,21 @@ def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
            "label": _shard(split.labels[idx], num_devices)}
 
 
+def stack_batches(batches: Iterator[dict], k: int, axis: int = 1) -> Iterator[dict]:
+  """Groups consecutive batches into one with a new [k] axis (the last group may be shorter).
+
+  axis=1 puts it after the device axis: [devices, k, per_device, ...].
+  """
+  group = []
+  for batch in batches:
+    group.append(batch)
+    if len(group) == k:
+      yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+      group = []
+  if group:
+    yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+
+
 def eval_batches(split: Split, batch_size: int, *, num_devices: int | None = None,
                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Every example exactly once; the last batch is padded and its padding has weight 0.

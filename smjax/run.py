@@ -120,29 +120,35 @@ def _evaluate(p_eval, pstate, split: data.Split | None, config: Config) -> dict:
 
 
 def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
-                 done: int, stop: list) -> tuple:
+                done: int, stop: list) -> tuple:
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
-  Stops early, unfinished, at the first step boundary after a stop request.
+  `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (then the
+  epoch's last call may take fewer). Stops early, unfinished, at the first call boundary
+  after a stop request.
   """
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   batches = data.train_batches(dataset.train, config.batch_size, seed=config.seed, epoch=epoch,
                                num_devices=jax.local_device_count(),
                                process_index=jax.process_index(), process_count=jax.process_count())
+  batches = itertools.islice(batches, done, None)
+  if config.steps_per_call > 1:
+    batches = data.stack_batches(batches, config.steps_per_call)
   tty = sys.stderr.isatty()
   history = []
   with tqdm(total=steps, initial=done, desc=f"{config.mode} {epoch}/{config.epochs}",
             disable=not tty, leave=False) as bar:
-    for batch in itertools.islice(batches, done, None):
+    for batch in batches:
       pstate, metrics = p_step(pstate, batch, key)
       history.append(metrics)
-      bar.update()
+      bar.update(batch["label"].shape[1] if config.steps_per_call > 1 else 1)
       if tty and len(history) % 10 == 0:  # the only host sync inside the epoch, and only on a TTY
-        bar.set_postfix(loss=f"{float(metrics['loss'][0]):.3f}",
-                        acc=f"{float(metrics['accuracy'][0]):.3f}")
+        bar.set_postfix(loss=f"{float(np.ravel(metrics['loss'][0])[-1]):.3f}",
+                        acc=f"{float(np.ravel(metrics['accuracy'][0])[-1]):.3f}")
       if stop:
         break
-  history = [[float(m["loss"][0]), float(m["accuracy"][0])] for m in jax.device_get(history)]
+  history = [[float(loss), float(acc)] for m in jax.device_get(history)
+             for loss, acc in zip(np.ravel(m["loss"][0]), np.ravel(m["accuracy"][0]))]
   return pstate, history, done + len(history) == steps
 
 
@@ -172,7 +178,10 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
                                     keep_every_steps=config.keep_every_epochs * steps)
   state, first_epoch, history, seconds = _resume(manager, workdir, state)
 
-  p_step = train_lib.pmap_train_step(train_lib.make_train_step(model, config, train_lib.AXIS))
+  step = train_lib.make_train_step(model, config, train_lib.AXIS)
+  if config.steps_per_call > 1:
+    step = train_lib.make_multi_train_step(step)
+  p_step = train_lib.pmap_train_step(step)
   p_eval = train_lib.pmap_eval_step(train_lib.make_eval_step(model, config, train_lib.AXIS))
   eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
                                               train_lib.evaluation_masks(s, config)))

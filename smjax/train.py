@@ -189,6 +189,18 @@ def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = Non
   return eval_step
 
 
+def make_multi_train_step(step):
+  """k steps in one compiled call (`lax.scan`), so small models are not bound by dispatch.
+
+  `multi_step(state, batches, key) -> (state, metrics)`: batches and metrics carry a
+  leading [k] axis; step i of the scan is exactly `step(state_i, batches[i], key)`.
+  """
+  def multi_step(state: TrainState, batches: dict, key: jax.Array):
+    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches)
+
+  return multi_step
+
+
 # --------------------------------------------------------------------------
 # Parallelism: the only place that knows about devices.
 

@@ -134,3 +134,21 @@ def test_reusing_a_workdir_with_another_config_is_refused(tmp_path, capsys):
   assert cli.main(digits.get_config, "digits",
                   tiny_args(tmp_path, "--regime", "mask", "--set", "lr=0.5")) == 2
   assert "differs in: epochs, lr" in capsys.readouterr().err
+
+
+def test_steps_per_call_runs_every_step_once(tmp_path):
+  config = TINY.replace(mode="mask", epochs=2, steps_per_call=4)
+  steps = len(data.load("digits", val_size=100).train) // 64  # 26: six calls of 4, one of 2
+  scanned = run.train(config, tmp_path / "scan")
+  looped = run.train(config.replace(steps_per_call=1), tmp_path / "loop")
+  assert [m["step"] for m in scanned] == [steps, 2 * steps]
+  for a, b in zip(scanned, looped):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
+
+
+def test_bfloat16_compute_stays_within_a_point_of_float32(tmp_path):
+  config = digits.get_config().replace(mode="weight", epochs=5)
+  f32 = run.train(config, tmp_path / "f32")[-1]["test_accuracy"]
+  bf16 = run.train(config.replace(dtype="bfloat16"), tmp_path / "bf16")[-1]["test_accuracy"]
+  assert f32 > 0.9 and abs(f32 - bf16) <= 0.01, (f32, bf16)

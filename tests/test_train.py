@@ -194,3 +194,23 @@ def test_pmap_on_4_devices_equals_single_device(batch, estimator):
       train.replicate(p_state), sharded)
   for key in ("loss", "correct", "count"):
     np.testing.assert_allclose(p_sums[key][0], s_sums[key], rtol=1e-5)
+
+
+def test_scanned_multi_step_equals_the_step_loop(batch):
+  # SGD on scores, as in the pmap test: Adam turns float-order noise into lr-sized steps.
+  config = BASE.replace(mode="mask", model="conv2", score_optimizer="sgd", score_lr=1.0, flip=True,
+                        max_rotate=10.0)
+  model = models.get(config.model, 10)
+  state = train.create_state(jax.random.key(0), model, (8, 8, 1), config)
+  step = train.make_train_step(model, config)
+  batches = [jax.tree.map(lambda x: np.roll(x, i, axis=0), batch) for i in range(3)]
+  looped, metrics = state, []
+  for b in batches:
+    looped, m = jax.jit(step)(looped, b, jax.random.key(5))
+    metrics.append(m["loss"])
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+  scanned, m = jax.jit(train.make_multi_train_step(step))(state, stacked, jax.random.key(5))
+  assert int(scanned.step) == 3
+  np.testing.assert_allclose(m["loss"], metrics, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(looped.trainable), jax.tree.leaves(scanned.trainable)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
