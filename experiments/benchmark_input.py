@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.benchmark_step import machine
+from experiments.benchmark import machine
 from smjax import augment, data, models, run, train
 from smjax.config import Config
 

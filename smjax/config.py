@@ -39,6 +39,7 @@ class Config:
   mask_biases: bool = False
   weight_init: str = "default"
   train_bn_with_mask: bool = False    # BN affine trains in mask mode (the blog code did)
+  sampled_mask_evals: int = 0         # mask mode: also test N masks drawn by the estimator
   # Optimisation.
   optimizer: str = "sgd"              # for weights (and BN affine)
   lr: float = 0.01                    # for weights
@@ -148,7 +149,7 @@ def validate(config: Config) -> None:
     value = getattr(config, key)
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
-  for key in ("weight_decay", "max_rotate", "keep_every_epochs"):
+  for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals"):
     if getattr(config, key) < 0:
       raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
   if config.topk_fraction == 0:

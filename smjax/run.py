@@ -107,12 +107,12 @@ def _stop_requests():
       signal.signal(s, h)
 
 
-def _evaluate(p_eval, pstate, split: data.Split | None, config: Config) -> dict:
+def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, key=None) -> dict:
   if split is None:
     return {"loss": None, "accuracy": None, "masked_fraction": None}
   batches = data.eval_batches(split, config.eval_batch_size, num_devices=jax.local_device_count(),
                               process_index=jax.process_index(), process_count=jax.process_count())
-  sums = jax.device_get([p_eval(pstate, batch) for batch in batches])
+  sums = jax.device_get([p_eval(pstate, batch, key) for batch in batches])
   count = sum(float(s["count"][0]) for s in sums)
   return {"loss": sum(float(s["loss"][0]) for s in sums) / count,
           "accuracy": sum(float(s["correct"][0]) for s in sums) / count,
@@ -152,6 +152,17 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
   return pstate, history, done + len(history) == steps
 
 
+def _sampled_test_accuracy(p_sampled, pstate, dataset: data.Dataset, config: Config,
+                           epoch: int) -> dict:
+  """Test accuracy of `config.sampled_mask_evals` masks drawn by the estimator: mean and std."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 3)
+  accuracies = [_evaluate(p_sampled, pstate, dataset.test, config,
+                          jax.random.fold_in(key, epoch * 1000 + i))["accuracy"]
+                for i in range(config.sampled_mask_evals)]
+  return {"test_accuracy_sampled_mean": float(np.mean(accuracies)),
+          "test_accuracy_sampled_std": float(np.std(accuracies))}
+
+
 def _check_finite(history: list, epoch: int, first_step: int, last_good: int | None) -> None:
   bad = next((i for i, (loss, _) in enumerate(history) if not np.isfinite(loss)), None)
   if bad is not None:
@@ -183,6 +194,9 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     step = train_lib.make_multi_train_step(step)
   p_step = train_lib.pmap_train_step(step)
   p_eval = train_lib.pmap_eval_step(train_lib.make_eval_step(model, config, train_lib.AXIS))
+  p_sampled = train_lib.pmap_eval_step(
+      train_lib.make_eval_step(model, config, train_lib.AXIS, sampled=True))
+  sample = config.mode == "mask" and config.sampled_mask_evals > 0
   eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
                                               train_lib.evaluation_masks(s, config)))
   meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape)}
@@ -218,6 +232,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
           "seconds": time.perf_counter() - start_time,
           "images_per_second": steps * config.batch_size / train_seconds,
       }
+      if sample:
+        line.update(_sampled_test_accuracy(p_sampled, pstate, dataset, config, epoch))
       partial = [s for s in manager.all_steps() if s < int(state.step)
                  and (epoch - 1) * steps < s]
       checkpoint.save(manager, int(state.step), state, jax.device_get(eval_masks(state)),

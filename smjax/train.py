@@ -163,19 +163,22 @@ def make_train_step(model: nn.Module, config: Config, axis_name: str | None = No
   return train_step
 
 
-def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = None):
-  """Returns the pure `eval_step(state, batch) -> sums`.
+def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = None,
+                   sampled: bool = False):
+  """Returns the pure `eval_step(state, batch, key=None) -> sums`.
 
   batch may carry 'weight' [batch] (0 for padding). Returns sums, not means,
   so padded and sharded batches add up exactly: {'loss', 'correct', 'count',
   'masked_fraction'} (masked_fraction is of the evaluation mask, not a sum).
+  With `sampled`, the mask is the training estimator's draw from `key` (Zhou et
+  al. evaluate Bernoulli supermasks by sampling) instead of the deterministic one.
   """
   model = model.clone(axis_name=axis_name)
   masks_for = forward_masks(config)
   total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
 
-  def eval_step(state: TrainState, batch: dict):
-    masks = masks_for(state, None, False)
+  def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None):
+    masks = masks_for(state, key, sampled)
     params = masking.apply_masks(state.trainable["params"], masks)
     logits, _ = _apply(model, state, params, _preprocess(batch["image"], config.dataset), False)
     weight = batch.get("weight", jnp.ones(batch["label"].shape, jnp.float32))
@@ -217,8 +220,8 @@ def pmap_train_step(step):
 
 
 def pmap_eval_step(step):
-  """pmap an eval step made with `axis_name='batch'`."""
-  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0))
+  """pmap an eval step made with `axis_name='batch'`; the key (or None) is replicated."""
+  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
 
 
 def replicate(tree: PyTree) -> PyTree:

@@ -11,7 +11,7 @@ TINY = ["epochs=1", "finetune_epochs=1", "batch_size=16", "val_size=16", "eval_b
 CASES = {
     "mnist_wrn28": ["model=wrn10-1"],
     "cifar10_wrn28": ["model=wrn10-1", "protocol=original"],
-    "zhou": ["model=conv2", "estimator=topk"],
+    "zhou": ["model=conv2", "sampled_mask_evals=3"],
 }
 
 
@@ -25,6 +25,9 @@ def test_experiment_runs_all_regimes(tmp_path, name):
   assert code == 0
   assert (tmp_path / "report" / "summary.md").exists()
   assert [m["epoch"] for m in run.read_metrics(tmp_path / "finetune")] == [1]
+  if name == "zhou":  # bernoulli masks: sampled-mask test accuracy beside the deterministic one
+    line = run.read_metrics(tmp_path / "mask")[0]
+    assert 0 <= line["test_accuracy_sampled_mean"] <= 1 and line["test_accuracy_sampled_std"] >= 0
 
 
 def test_protocols_switch_the_whole_setup():

@@ -191,7 +191,7 @@ def test_pmap_on_4_devices_equals_single_device(batch, estimator):
 
   s_sums = jax.jit(train.make_eval_step(model, config))(s_state, batch)
   p_sums = train.pmap_eval_step(train.make_eval_step(model, config, axis_name=train.AXIS))(
-      train.replicate(p_state), sharded)
+      train.replicate(p_state), sharded, None)
   for key in ("loss", "correct", "count"):
     np.testing.assert_allclose(p_sums[key][0], s_sums[key], rtol=1e-5)
 

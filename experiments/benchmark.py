@@ -1,0 +1,180 @@
+"""Benchmark suite: step time, throughput, FLOPs, memory, dispatch and input overhead.
+
+    python -m experiments.benchmark                                   # lenet300-100, conv6, wrn16-4
+    python -m experiments.benchmark --models wrn16-4 --modes weight mask --estimators threshold
+    python -m experiments.benchmark --dtype bfloat16 --out runs/benchmark_bf16.json
+    python -m experiments.benchmark --torch                           # + PyTorch WRN-16-4 side by side
+
+Per model and mode (mask mode once per estimator), after warm-up and interleaved round-robin so
+drift hits every variant alike: median ms per train step of one jitted call per step (dispatched
+asynchronously in bursts of `--steps-per-call`, as the training loop does) and of the scanned
+path (one compiled call per burst), images/s, XLA's FLOPs per step and the
+achieved FLOP/s, the compiled program's memory, and the ratios mask/weight and per-step/scanned.
+With `--epoch-steps N`, one epoch of N steps through the runs' own loop against N x the median
+step. wrn28-10 joins the default models when an accelerator is present. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from smjax import masking, models, train
+from smjax.config import Config
+
+MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+SHAPES = {"lenet300-100": ("mnist", (28, 28, 1))}
+DEFAULT_SHAPE = ("cifar10", (32, 32, 3))
+
+
+def machine() -> dict:
+  device = jax.local_devices()[0]
+  return {"platform": platform.platform(), "processor": platform.processor(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+          "device": getattr(device, "device_kind", str(device)),
+          "devices": len(jax.local_devices()),
+          "allocator_env": {k: os.environ.get(k) for k in MALLOC_VARS},
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
+  rng = np.random.default_rng(0)
+  lead = (batch,) if k is None else (k, batch)
+  return jax.device_put({"image": rng.integers(0, 256, (*lead, *shape), np.uint8),
+                         "label": rng.integers(0, 10, lead).astype(np.int32)})
+
+
+class Variant:
+  """One compiled train function on a fixed batch; `call()` times a burst of `burst` steps:
+  `burst` dispatches of the per-step function (async, as the training loop runs them), or
+  one call of the scanned function, which does `burst` steps."""
+
+  def __init__(self, config: Config, shape, steps_per_call: int = 1, burst: int = 1):
+    model = models.get(config.model, 10, **config.model_kwargs())
+    self.state = train.create_state(jax.random.key(0), model, shape, config)
+    step = train.make_train_step(model, config)
+    self.k = steps_per_call
+    self.calls = 1 if steps_per_call > 1 else burst
+    if steps_per_call > 1:
+      step = train.make_multi_train_step(step)
+    self.batch = synthetic_batch(config.batch_size, shape, steps_per_call if steps_per_call > 1
+                                 else None)
+    self.key = jax.random.key(1)
+    self.fn = train.jit_train_step(step)
+    compiled = self.fn.lower(self.state, self.batch, self.key).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan"))) / steps_per_call
+    memory = compiled.memory_analysis()
+    self.memory_bytes = None if memory is None else int(
+        memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes)
+
+  def call(self) -> float:
+    """Seconds per train step over one burst."""
+    start = time.perf_counter()
+    for _ in range(self.calls):
+      self.state, metrics = self.fn(self.state, self.batch, self.key)
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - start) / (self.k * self.calls)
+
+
+def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
+  """Round-robin timing of several zero-argument callables returning seconds."""
+  for call in calls.values():
+    for _ in range(warmup):
+      call()
+  times = {name: [] for name in calls}
+  for _ in range(steps):
+    for name, call in calls.items():
+      times[name].append(call())
+  return times
+
+
+def benchmark_model(name: str, args) -> dict:
+  dataset, shape = SHAPES.get(name, DEFAULT_SHAPE)
+  base = Config(model=name, dataset=dataset, batch_size=args.batch, dtype=args.dtype)
+  configs = {}
+  if "weight" in args.modes:
+    configs["weight"] = base.replace(mode="weight")
+  if "mask" in args.modes:
+    configs.update({f"mask/{e}": base.replace(mode="mask", estimator=e) for e in args.estimators})
+  variants = {n: Variant(c, shape, burst=args.steps_per_call) for n, c in configs.items()}
+  if args.steps_per_call > 1:
+    variants.update({f"{n}/scan": Variant(c, shape, args.steps_per_call)
+                     for n, c in configs.items()})
+  calls = {n: v.call for n, v in variants.items()}
+  if args.torch and name == "wrn16-4":
+    from experiments import benchmark_torch
+    calls.update(benchmark_torch.calls(args.batch))
+  times = interleaved(calls, args.steps, args.warmup)
+  results = {}
+  for variant, ts in times.items():
+    median = statistics.median(ts)
+    v = variants.get(variant)
+    results[variant] = {
+        "median_ms": 1e3 * median, "min_ms": 1e3 * min(ts), "images_per_second": args.batch / median,
+        "flops_per_step": v.flops if v else None,
+        "achieved_flops_per_second": v.flops / median if v else None,
+        "compiled_memory_bytes": v.memory_bytes if v else None}
+  ratios = {}
+  if "weight" in results:
+    ratios["mask_to_weight"] = {n: r["median_ms"] / results["weight"]["median_ms"]
+                                for n, r in results.items() if n.startswith("mask")
+                                and not n.endswith("/scan")}
+  ratios["per_step_to_scan_images_per_second"] = {
+      n: results[n]["images_per_second"] / results[f"{n}/scan"]["images_per_second"]
+      for n in configs if f"{n}/scan" in results}
+  for torch_name in [n for n in results if n.startswith("torch")]:
+    ratios[f"{torch_name}_to_jax_mask_threshold"] = (
+        results[torch_name]["median_ms"] / results["mask/threshold"]["median_ms"]
+        if "mask/threshold" in results else None)
+  out = {"input_shape": shape, "results": results, "ratios": ratios}
+  if args.epoch_steps:
+    from experiments.benchmark_input import epoch_vs_steps, synthetic
+    out["epoch"] = epoch_vs_steps(name, dataset, synthetic(shape, args.epoch_steps * args.batch),
+                                  args.batch)
+  return out
+
+
+def main(argv=None) -> dict:
+  accelerator = jax.default_backend() != "cpu"
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", nargs="+", default=["lenet300-100", "conv6", "wrn16-4"] +
+                      (["wrn28-10"] if accelerator else []))
+  parser.add_argument("--modes", nargs="+", default=["weight", "mask"], choices=["weight", "mask"])
+  parser.add_argument("--estimators", nargs="+", default=list(masking.ESTIMATORS),
+                      choices=masking.ESTIMATORS)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=5, help="timed calls per variant")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--steps-per-call", type=int, default=8, help="scanned path (1: skip)")
+  parser.add_argument("--epoch-steps", type=int, default=0, help="also time an epoch of N steps")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--torch", action="store_true", help="PyTorch WRN-16-4 side by side")
+  parser.add_argument("--out", default="runs/benchmark.json")
+  args = parser.parse_args(argv)
+  report = {"args": vars(args), "machine": machine(), "models": {}}
+  for name in args.models:
+    report["models"][name] = benchmark_model(name, args)
+    for variant, r in report["models"][name]["results"].items():
+      print(f"{name:14s} {variant:24s} {r['median_ms']:10.2f} ms/step "
+            f"{r['images_per_second']:10.1f} img/s", flush=True)
+    print(json.dumps(report["models"][name]["ratios"]), flush=True)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2) + "\n")
+  print(f"-> {out}")
+  return report
+
+
+if __name__ == "__main__":
+  main()
