@@ -1,6 +1,5 @@
 """Kills, stops, damaged checkpoints, NaNs and bad input: nothing lost, nothing silently wrong."""
 
-import os
 import signal
 import subprocess
 import sys
