@@ -11,7 +11,8 @@ asynchronously in bursts of `--steps-per-call`, as the training loop does) and o
 path (one compiled call per burst), images/s, XLA's FLOPs per step and the
 achieved FLOP/s, the compiled program's memory, and the ratios mask/weight and per-step/scanned.
 With `--epoch-steps N`, one epoch of N steps through the runs' own loop against N x the median
-step. wrn28-10 joins the default models when an accelerator is present. Writes JSON.
+step. wrn28-10 joins the default models when an accelerator is present. Runs with the
+defaults of `smjax.runtime` (`SMJAX_DEFAULT_RUNTIME=0` measures without them). Writes JSON.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from smjax import masking, models, train
+from smjax import masking, models, runtime, train
 from smjax.config import Config
 
-MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+MALLOC_VARS = tuple(runtime.MALLOC_SETTINGS)
 SHAPES = {"lenet300-100": ("mnist", (28, 28, 1))}
 DEFAULT_SHAPE = ("cifar10", (32, 32, 3))
+RUNTIME = {}  # what runtime.configure() set in this process
 
 
 def machine() -> dict:
@@ -42,6 +44,7 @@ def machine() -> dict:
           "device": getattr(device, "device_kind", str(device)),
           "devices": len(jax.local_devices()),
           "allocator_env": {k: os.environ.get(k) for k in MALLOC_VARS},
+          "allocator_mallopt": RUNTIME.get("malloc", {}),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -72,7 +75,7 @@ class Variant:
     compiled = self.fn.lower(self.state, self.batch, self.key).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get("flops", float("nan"))) / steps_per_call
+    self.flops = float(cost.get("flops", float("nan")))
     memory = compiled.memory_analysis()
     self.memory_bytes = None if memory is None else int(
         memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
@@ -111,6 +114,9 @@ def benchmark_model(name: str, args) -> dict:
   if args.steps_per_call > 1:
     variants.update({f"{n}/scan": Variant(c, shape, args.steps_per_call)
                      for n, c in configs.items()})
+  for n in configs:  # XLA's cost analysis counts a while loop's body once: use the step's
+    if f"{n}/scan" in variants:
+      variants[f"{n}/scan"].flops = variants[n].flops
   calls = {n: v.call for n, v in variants.items()}
   if args.torch and name == "wrn16-4":
     from experiments import benchmark_torch
@@ -120,10 +126,12 @@ def benchmark_model(name: str, args) -> dict:
   for variant, ts in times.items():
     median = statistics.median(ts)
     v = variants.get(variant)
+    same_network = variants.get("mask/threshold")  # PyTorch's step: the JAX network's FLOPs
+    flops = v.flops if v else same_network.flops if same_network else None
     results[variant] = {
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(ts), "images_per_second": args.batch / median,
-        "flops_per_step": v.flops if v else None,
-        "achieved_flops_per_second": v.flops / median if v else None,
+        "flops_per_step": flops,
+        "achieved_flops_per_second": flops / median if flops else None,
         "compiled_memory_bytes": v.memory_bytes if v else None}
   ratios = {}
   if "weight" in results:
@@ -146,6 +154,7 @@ def benchmark_model(name: str, args) -> dict:
 
 
 def main(argv=None) -> dict:
+  RUNTIME.update(runtime.configure())
   accelerator = jax.default_backend() != "cpu"
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=["lenet300-100", "conv6", "wrn16-4"] +

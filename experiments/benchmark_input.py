@@ -20,8 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.benchmark import machine
-from smjax import augment, data, models, run, train
+from experiments.benchmark import RUNTIME, machine
+from smjax import augment, data, models, run, runtime, train
 from smjax.config import Config
 
 CASES = {"lenet300-100": ("mnist", (28, 28, 1), 12800), "conv2": ("cifar10", (32, 32, 3), 3200)}
@@ -82,6 +82,7 @@ def epoch_vs_steps(model_name: str, dataset_name: str, dataset: data.Dataset, ba
 
 
 def main(argv=None) -> dict:
+  RUNTIME.update(runtime.configure())
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--out", default="runs/benchmark_input.json")

@@ -11,7 +11,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from smjax import checkpoint, config as config_lib, data, run
+from smjax import checkpoint, config as config_lib, data, run, runtime
 
 
 def parse_args(name: str, argv=None, doc: str | None = None) -> argparse.Namespace:
@@ -41,6 +41,7 @@ def build_config(get_config, overrides: list[str]) -> config_lib.Config:
 
 def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
   """Runs the experiment `get_config` describes; returns the process exit code."""
+  runtime.configure()
   args = parse_args(name, argv, doc)
   try:
     config = build_config(get_config, args.overrides)

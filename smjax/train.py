@@ -192,14 +192,20 @@ def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = Non
   return eval_step
 
 
-def make_multi_train_step(step):
+def make_multi_train_step(step, unroll: bool | None = None):
   """k steps in one compiled call (`lax.scan`), so small models are not bound by dispatch.
 
   `multi_step(state, batches, key) -> (state, metrics)`: batches and metrics carry a
   leading [k] axis; step i of the scan is exactly `step(state_i, batches[i], key)`.
+  `unroll` (default: on CPU) lays the k steps out straight instead of in a loop: XLA:CPU
+  lowers a convolution inside a loop body to a naive kernel, 40x slower than the same
+  convolution outside one (conv6 measured; jax-ml/jax#12868).
   """
+  if unroll is None:
+    unroll = jax.default_backend() == "cpu"
+
   def multi_step(state: TrainState, batches: dict, key: jax.Array):
-    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches)
+    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches, unroll=unroll)
 
   return multi_step
 

@@ -8,9 +8,12 @@ from smjax import masking
 MODES = {"eager": lambda f: f, "jit": jax.jit}
 
 
+def sigmoid(s):
+  return 1 / (1 + np.exp(-np.asarray(s, np.float64)))
+
+
 def sigmoid_grad(s):
-  p = 1 / (1 + np.exp(-s))
-  return p * (1 - p)
+  return sigmoid(s) * sigmoid(-np.asarray(s, np.float64))  # p (1 - p) without cancellation
 
 
 @pytest.mark.parametrize("wrap", MODES.values(), ids=MODES.keys())
@@ -19,10 +22,32 @@ def test_threshold_ste_forward_and_grad(wrap, threshold):
   s = jnp.linspace(-4, 4, 37, dtype=jnp.float32).reshape(37, 1)
   g = jnp.arange(37, dtype=jnp.float32).reshape(37, 1) / 10
   m = wrap(masking.threshold_ste)(s, threshold)
-  np.testing.assert_array_equal(m, (1 / (1 + np.exp(-np.asarray(s))) > threshold).astype(np.float32))
+  np.testing.assert_array_equal(m, (sigmoid(s) > threshold).astype(np.float32))
   assert m.dtype == s.dtype and m.shape == s.shape
   grad = wrap(jax.grad(lambda s: jnp.sum(masking.threshold_ste(s, threshold) * g)))(s)
   np.testing.assert_allclose(grad, g * sigmoid_grad(np.asarray(s)), rtol=1e-6)
+
+
+def test_sigmoid_grad_is_accurate_where_sigmoid_saturates():
+  s = jnp.array([-30.0, -12.0, 12.0, 30.0])
+  grad = jax.grad(lambda s: jnp.sum(masking.threshold_ste(s, 0.5)))(s)
+  assert np.all(np.asarray(grad) > 0)  # 1 - sigmoid(30) rounds to 0 in float32
+  np.testing.assert_allclose(grad, sigmoid_grad(s), rtol=1e-6)
+
+
+def test_uniform_matches_distribution_and_key_semantics():
+  key = jax.random.key(3)
+  u = masking.uniform(key, (1001, 3))  # odd size: one spare word
+  assert u.shape == (1001, 3) and u.dtype == jnp.float32
+  assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+  assert abs(float(u.mean()) - 0.5) < 5 * np.sqrt(1 / 12 / u.size)
+  np.testing.assert_array_equal(u, masking.uniform(key, (1001, 3)))
+  assert not np.array_equal(u, masking.uniform(jax.random.key(4), (1001, 3)))
+  # deciles equally filled (chi-square, 9 dof, p ~ 1e-6 at 50)
+  counts = np.bincount((np.asarray(u).ravel() * 10).astype(int), minlength=10)
+  assert np.sum((counts - u.size / 10) ** 2 / (u.size / 10)) < 50
+  rbg = jax.random.key(3, impl="rbg")  # other key types: jax.random.uniform
+  np.testing.assert_array_equal(masking.uniform(rbg, (5,)), jax.random.uniform(rbg, (5,)))
 
 
 def test_threshold_is_traceable_with_zero_cotangent():
@@ -61,9 +86,24 @@ def test_topk_keeps_exact_count_of_largest_abs(wrap, fraction):
   np.testing.assert_array_equal(grad, g)
 
 
-def test_topk_ties_do_not_change_count():
-  s = jnp.ones((10, 10))
-  assert int(masking.topk_ste(s, 0.37).sum()) == 37
+def topk_reference(s, k):
+  """Numpy: the k largest |s|, ties at the k-th value kept in flat order."""
+  flat = np.abs(np.asarray(s)).ravel()
+  order = np.lexsort((np.arange(flat.size), -flat))  # by |s| descending, then index
+  mask = np.zeros(flat.size, np.float32)
+  mask[order[:k]] = 1
+  return mask.reshape(np.shape(s))
+
+
+@pytest.mark.parametrize("scores", [np.ones((10, 10)),  # all tied: no bisection step
+                                    np.repeat(np.arange(-5.0, 5.0), 10).reshape(10, 10),
+                                    np.random.default_rng(0).normal(size=(40, 30))])
+@pytest.mark.parametrize("fraction", [0.37, 0.5])
+def test_topk_matches_reference_with_and_without_ties(scores, fraction):
+  s = jnp.asarray(scores, jnp.float32)
+  k = masking.kept_count(s.size, fraction)
+  np.testing.assert_array_equal(jax.jit(masking.topk_ste, static_argnums=1)(s, fraction),
+                                topk_reference(s, k))
 
 
 PARAMS = {

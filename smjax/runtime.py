@@ -1,0 +1,67 @@
+"""Process settings that make CPU steps faster and steadier; applied by the experiment entry points.
+
+Both must be in place before the work starts, so `configure()` runs first thing in a process
+(before JAX starts its backend) and leaves alone whatever the environment already chose:
+
+* XLA:CPU runs convolutions through YNNPACK by default; for training it is the slower path (the
+  weight-gradient convolutions, windows as large as the feature map, run at a fraction of the
+  speed of Eigen's). `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` hands
+  convolutions back to Eigen and keeps YNNPACK's dots: WRN-16-4's step 1.6x faster on CPU
+  (experiments/benchmark.py, docs/benchmarks/). Skipped when XLA_FLAGS already names the option.
+* glibc's malloc returns large freed blocks to the OS and maps new ones for every step's
+  activations; the same step then varies 2x between runs. The `MALLOC_*_` settings below keep the
+  heap instead; set with `mallopt` unless the variable is already in the environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+YNN_OPTION = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_XLA_FLAGS = (f"{YNN_OPTION}=-individual_convolution",)
+
+# glibc mallopt parameters (malloc.h) and the values that keep the heap.
+MALLOC_SETTINGS = {  # env variable: (mallopt param, value)
+    "MALLOC_TRIM_THRESHOLD_": (-1, 16 << 30),
+    "MALLOC_TOP_PAD_": (-2, 1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": (-3, 16 << 30),
+}
+ENV_OPT_OUT = "SMJAX_DEFAULT_RUNTIME"
+
+
+def xla_flags(current: str) -> str:
+  """`current` XLA_FLAGS plus the CPU defaults whose option it does not set."""
+  flags = current.split()
+  for flag in CPU_XLA_FLAGS:
+    if not any(f.split("=")[0] == flag.split("=")[0] for f in flags):
+      flags.append(flag)
+  return " ".join(flags)
+
+
+def steady_malloc() -> dict[str, int]:
+  """Applies `MALLOC_SETTINGS` not already in the environment; returns those applied."""
+  if not sys.platform.startswith("linux"):
+    return {}
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):  # not glibc
+    return {}
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  applied = {}
+  for name, (param, value) in MALLOC_SETTINGS.items():
+    value = min(value, 2**31 - 1)  # mallopt takes an int
+    if name not in os.environ and mallopt(param, value) == 1:
+      applied[name] = value
+  return applied
+
+
+def configure() -> dict:
+  """Applies both settings (unless `SMJAX_DEFAULT_RUNTIME=0`); returns what it set."""
+  if os.environ.get(ENV_OPT_OUT, "1") == "0":
+    return {}
+  os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))
+  return {"XLA_FLAGS": os.environ["XLA_FLAGS"], "malloc": steady_malloc()}

@@ -1,0 +1,48 @@
+import json
+import os
+import subprocess
+import sys
+
+from smjax import runtime
+
+OPTION = runtime.YNN_OPTION
+
+
+def test_xla_flags_add_the_cpu_default_and_keep_the_users():
+  assert runtime.xla_flags("") == f"{OPTION}=-individual_convolution"
+  assert runtime.xla_flags("--a=1") == f"--a=1 {OPTION}=-individual_convolution"
+  assert runtime.xla_flags(f"{OPTION}=") == f"{OPTION}="  # the user's choice wins
+  assert runtime.xla_flags(runtime.xla_flags("")) == runtime.xla_flags("")
+
+
+def run_configured(env_extra: dict) -> dict:
+  """configure() in a fresh process, then whether XLA ran a convolution through YNNPACK."""
+  code = """
+import json, jax, jax.numpy as jnp
+from smjax import runtime
+applied = runtime.configure()
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+               dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(jnp.ones((4, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
+print(json.dumps({"applied": applied, "ynn_conv": "__ynn_fusion" in hlo}))
+"""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  env.pop("XLA_FLAGS", None)
+  env.update(env_extra)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_configure_moves_convolutions_off_ynnpack_and_sets_malloc():
+  default = run_configured({runtime.ENV_OPT_OUT: "0"})
+  configured = run_configured({})
+  assert default["applied"] == {} and default["ynn_conv"]  # the XLA default this undoes
+  assert not configured["ynn_conv"]
+  if sys.platform.startswith("linux"):
+    assert set(configured["applied"]["malloc"]) == set(runtime.MALLOC_SETTINGS)
+
+
+def test_configure_leaves_malloc_variables_already_set():
+  configured = run_configured({"MALLOC_TOP_PAD_": "1048576"})
+  assert "MALLOC_TOP_PAD_" not in configured["applied"]["malloc"]
