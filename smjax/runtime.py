@@ -20,20 +20,28 @@ import ctypes.util
 import os
 import sys
 
+import jaxlib.version
+
 YNN_OPTION = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_XLA_FLAGS = (f"{YNN_OPTION}=-individual_convolution",)
+TESTED_JAXLIB = "0.10."
 
-# glibc mallopt parameters (malloc.h) and the values that keep the heap.
+# glibc mallopt parameters (malloc.h) and the values that keep the heap (mallopt takes an int).
 MALLOC_SETTINGS = {  # env variable: (mallopt param, value)
-    "MALLOC_TRIM_THRESHOLD_": (-1, 16 << 30),
+    "MALLOC_TRIM_THRESHOLD_": (-1, 2**31 - 1),
     "MALLOC_TOP_PAD_": (-2, 1 << 30),
-    "MALLOC_MMAP_THRESHOLD_": (-3, 16 << 30),
+    "MALLOC_MMAP_THRESHOLD_": (-3, 2**31 - 1),
 }
 ENV_OPT_OUT = "SMJAX_DEFAULT_RUNTIME"
 
 
-def xla_flags(current: str) -> str:
-  """`current` XLA_FLAGS plus the CPU defaults whose option it does not set."""
+def xla_flags(current: str, jaxlib_version: str | None = None) -> str:
+  """`current` XLA_FLAGS plus the CPU defaults whose option it does not set.
+
+  Only for the jaxlib series they were measured with: XLA aborts on a flag it does not know.
+  """
+  if not (jaxlib_version or jaxlib.version.__version__).startswith(TESTED_JAXLIB):
+    return current
   flags = current.split()
   for flag in CPU_XLA_FLAGS:
     if not any(f.split("=")[0] == flag.split("=")[0] for f in flags):
@@ -53,7 +61,6 @@ def steady_malloc() -> dict[str, int]:
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   applied = {}
   for name, (param, value) in MALLOC_SETTINGS.items():
-    value = min(value, 2**31 - 1)  # mallopt takes an int
     if name not in os.environ and mallopt(param, value) == 1:
       applied[name] = value
   return applied
