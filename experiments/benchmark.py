@@ -56,23 +56,24 @@ def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
 
 
 class Variant:
-  """One compiled train function on a fixed batch; `call()` times a burst of `burst` steps:
-  `burst` dispatches of the per-step function (async, as the training loop runs them), or
-  one call of the scanned function, which does `burst` steps."""
+  """One compiled train function; `call()` times a burst of `burst` steps: `burst` dispatches
+  of the per-step function (async, as the training loop runs them), or one call of the
+  scanned function, which does `burst` steps. Both paths see the same `burst` fixed batches in
+  the same order, so they follow the same trajectory (top-k's work depends on the scores)."""
 
   def __init__(self, config: Config, shape, steps_per_call: int = 1, burst: int = 1):
     model = models.get(config.model, 10, **config.model_kwargs())
     self.state = train.create_state(jax.random.key(0), model, shape, config)
     step = train.make_train_step(model, config)
     self.k = steps_per_call
-    self.calls = 1 if steps_per_call > 1 else burst
     if steps_per_call > 1:
       step = train.make_multi_train_step(step)
-    self.batch = synthetic_batch(config.batch_size, shape, steps_per_call if steps_per_call > 1
-                                 else None)
+    stacked = synthetic_batch(config.batch_size, shape, max(steps_per_call, burst))
+    self.batches = ([stacked] if steps_per_call > 1 else
+                    [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(burst)])
     self.key = jax.random.key(1)
     self.fn = train.jit_train_step(step)
-    compiled = self.fn.lower(self.state, self.batch, self.key).compile()
+    compiled = self.fn.lower(self.state, self.batches[0], self.key).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops = float(cost.get("flops", float("nan")))
@@ -84,10 +85,10 @@ class Variant:
   def call(self) -> float:
     """Seconds per train step over one burst."""
     start = time.perf_counter()
-    for _ in range(self.calls):
-      self.state, metrics = self.fn(self.state, self.batch, self.key)
+    for batch in self.batches:
+      self.state, metrics = self.fn(self.state, batch, self.key)
     jax.block_until_ready((self.state, metrics))
-    return (time.perf_counter() - start) / (self.k * self.calls)
+    return (time.perf_counter() - start) / (self.k * len(self.batches))
 
 
 def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:

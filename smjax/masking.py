@@ -117,10 +117,34 @@ def kept_count(size: int, fraction: float) -> int:
 
 
 def _count(mask: jax.Array) -> jax.Array:
-  """Number of True entries; float32 sums are exact below 2**24 and vectorise better."""
+  """Number of True entries. Counted as bfloat16 ones summed in float32: exact below 2**24,
+  and the mask written as bfloat16 halves the bytes of each counting pass."""
   if mask.size < 2**24:
-    return jnp.sum(mask.astype(jnp.float32)).astype(jnp.int32)
+    return jnp.sum(mask.astype(jnp.bfloat16), dtype=jnp.float32).astype(jnp.int32)
   return jnp.sum(mask, dtype=jnp.int32)
+
+
+_TIE_BLOCK = 1024
+
+
+def _first_true(mask: jax.Array, n: jax.Array) -> jax.Array:
+  """The first `n` True entries of a flat bool `mask`, in flat order (1 <= n <= count).
+
+  Counts per block of `_TIE_BLOCK` entries find the block holding the n-th True and a
+  cumulative sum inside that block finds its position: a few passes over `mask`, where a
+  bisection over positions takes log2(size).
+  """
+  size = mask.size
+  rows = -(-size // _TIE_BLOCK)
+  blocks = jnp.pad(mask.astype(jnp.bfloat16), (0, rows * _TIE_BLOCK - size))
+  blocks = blocks.reshape(rows, _TIE_BLOCK)  # 0/1, exact in bfloat16
+  per_block = jnp.sum(blocks, axis=1, dtype=jnp.float32).astype(jnp.int32)
+  ends = jnp.cumsum(per_block)  # [rows] Trues up to the end of each block
+  row = jnp.sum(ends < n, dtype=jnp.int32)  # the block with the n-th True
+  need = n - (ends[row] - per_block[row])  # its rank inside that block, >= 1
+  in_block = jnp.cumsum(jax.lax.dynamic_index_in_dim(blocks, row, keepdims=False), dtype=jnp.int32)
+  last = row * _TIE_BLOCK + jnp.argmax(in_block >= need)
+  return mask & (jax.lax.iota(jnp.int32, size) <= last)
 
 
 def _last_true(predicate: Callable[[jax.Array], jax.Array], lo: jax.Array, hi: jax.Array):
@@ -145,19 +169,16 @@ def topk_ste(scores: jax.Array, fraction: float):
   """
   flat = jnp.abs(scores.astype(jnp.float32)).reshape(-1)
   k = kept_count(flat.size, fraction)
-  # Non-negative floats viewed as int32 order like the floats: bisect over the bits for the
-  # k-th largest instead of sorting.
-  bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
-  kth = _last_true(lambda t: _count(bits >= t) >= k, jnp.min(bits), jnp.max(bits) + 1)
-  at_least = bits >= kth
+  # Non-negative floats order like their bits as int32: bisect over the bits for the k-th
+  # largest instead of sorting, comparing as floats.
+  as_bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
+  as_float = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)
+  kth = as_float(_last_true(lambda t: _count(flat >= as_float(t)) >= k,
+                            as_bits(jnp.min(flat)), as_bits(jnp.max(flat)) + 1))
+  at_least = flat >= kth
 
-  def break_ties(_):  # keep ties at the k-th value up to flat index `last`
-    ties = bits == kth
-    index = jax.lax.iota(jnp.int32, flat.size)
-    room = k - _count(bits > kth)  # >= 1
-    last = _last_true(lambda j: _count(ties & (index < j)) < room, jnp.int32(0),
-                      jnp.int32(flat.size + 1))
-    return (bits > kth) | (ties & (index <= last))
+  def break_ties(_):  # keep the first ties at the k-th value, in flat order
+    return (flat > kth) | _first_true(flat == kth, k - _count(flat > kth))
 
   mask = jax.lax.cond(_count(at_least) == k, lambda _: at_least, break_ties, None)
   return mask.astype(scores.dtype).reshape(scores.shape)

@@ -1,5 +1,8 @@
 import json
 
+import jax
+import numpy as np
+
 from experiments import benchmark
 
 
@@ -22,3 +25,14 @@ def test_benchmark_suite_writes_the_report(tmp_path):
   assert lenet["epoch"]["steps"] == 2 and lenet["epoch"]["ratio"] > 0
   machine = report["machine"]
   assert machine["backend"] == "cpu" and "allocator_mallopt" in machine
+
+
+def test_per_step_and_scanned_variants_follow_the_same_trajectory():
+  config = benchmark.Config(model="lenet300-100", dataset="mnist", batch_size=8, mode="mask",
+                            estimator="topk")
+  per_step = benchmark.Variant(config, (28, 28, 1), burst=3)
+  scanned = benchmark.Variant(config, (28, 28, 1), steps_per_call=3)
+  per_step.call(), scanned.call()
+  assert int(per_step.state.step) == int(scanned.state.step) == 3
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               per_step.state.trainable, scanned.state.trainable)

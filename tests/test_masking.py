@@ -97,7 +97,9 @@ def topk_reference(s, k):
 
 @pytest.mark.parametrize("scores", [np.ones((10, 10)),  # all tied: no bisection step
                                     np.repeat(np.arange(-5.0, 5.0), 10).reshape(10, 10),
-                                    np.random.default_rng(0).normal(size=(40, 30))])
+                                    np.random.default_rng(0).normal(size=(40, 30)),
+                                    np.ones((50, 70)),  # ties over several tie blocks
+                                    np.round(np.random.default_rng(1).normal(size=(300, 100)), 1)])
 @pytest.mark.parametrize("fraction", [0.37, 0.5])
 def test_topk_matches_reference_with_and_without_ties(scores, fraction):
   s = jnp.asarray(scores, jnp.float32)
