@@ -9,7 +9,8 @@ Per model and mode (mask mode once per estimator), after warm-up and interleaved
 drift hits every variant alike: median ms per train step of one jitted call per step (dispatched
 asynchronously in bursts of `--steps-per-call`, as the training loop does) and of the scanned
 path (one compiled call per burst), images/s, XLA's FLOPs per step and the
-achieved FLOP/s, the compiled program's memory, and the ratios mask/weight and per-step/scanned.
+achieved FLOP/s (and its fraction of the chip's datasheet peak on a known accelerator), the
+compiled program's memory, and the ratios mask/weight and per-step/scanned.
 With `--epoch-steps N`, one epoch of N steps through the runs' own loop against N x the median
 step. wrn28-10 joins the default models when an accelerator is present. Runs with the
 defaults of `smjax.runtime` (`SMJAX_DEFAULT_RUNTIME=0` measures without them). Writes JSON.
@@ -37,11 +38,24 @@ DEFAULT_SHAPE = ("cifar10", (32, 32, 3))
 RUNTIME = {}  # what runtime.configure() set in this process
 
 
+# Dense peak FLOP/s of one chip by the vendors' datasheets, first match of the device kind wins.
+PEAK_FLOPS = (("H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
+              ("H100", {"bfloat16": 989e12, "float32": 67e12}),
+              ("H200", {"bfloat16": 989e12, "float32": 67e12}),
+              ("A100", {"bfloat16": 312e12, "float32": 19.5e12}))
+
+
+def peak_flops(device_kind: str) -> dict[str, float] | None:
+  """{'bfloat16': FLOP/s, 'float32': FLOP/s} of a known accelerator, else None."""
+  return next((peak for name, peak in PEAK_FLOPS if name in device_kind), None)
+
+
 def machine() -> dict:
   device = jax.local_devices()[0]
+  kind = getattr(device, "device_kind", str(device))
   return {"platform": platform.platform(), "processor": platform.processor(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-          "device": getattr(device, "device_kind", str(device)),
+          "device": kind, "peak_flops_per_second": peak_flops(kind),
           "devices": len(jax.local_devices()),
           "allocator_env": {k: os.environ.get(k) for k in MALLOC_VARS},
           "allocator_mallopt": RUNTIME.get("malloc", {}),
@@ -92,18 +106,23 @@ class Variant:
 
 
 def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
-  """Round-robin timing of several zero-argument callables returning seconds."""
+  """Round-robin timing of several zero-argument callables returning seconds.
+
+  Each round starts one variant later, so that no variant always runs right after the same
+  one (after a PyTorch step, the next JAX step ran up to 20% slower).
+  """
   for call in calls.values():
     for _ in range(warmup):
       call()
-  times = {name: [] for name in calls}
-  for _ in range(steps):
-    for name, call in calls.items():
-      times[name].append(call())
+  names = list(calls)
+  times = {name: [] for name in names}
+  for round_ in range(steps):
+    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+      times[name].append(calls[name]())
   return times
 
 
-def benchmark_model(name: str, args) -> dict:
+def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   dataset, shape = SHAPES.get(name, DEFAULT_SHAPE)
   base = Config(model=name, dataset=dataset, batch_size=args.batch, dtype=args.dtype)
   configs = {}
@@ -134,6 +153,8 @@ def benchmark_model(name: str, args) -> dict:
         "flops_per_step": flops,
         "achieved_flops_per_second": flops / median if flops else None,
         "compiled_memory_bytes": v.memory_bytes if v else None}
+    if peak and flops:
+      results[variant]["fraction_of_peak"] = flops / median / peak
   ratios = {}
   if "weight" in results:
     ratios["mask_to_weight"] = {n: r["median_ms"] / results["weight"]["median_ms"]
@@ -174,7 +195,8 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   report = {"args": vars(args), "machine": machine(), "models": {}}
   for name in args.models:
-    report["models"][name] = benchmark_model(name, args)
+    report["models"][name] = benchmark_model(
+        name, args, (report["machine"]["peak_flops_per_second"] or {}).get(args.dtype))
     for variant, r in report["models"][name]["results"].items():
       print(f"{name:14s} {variant:24s} {r['median_ms']:10.2f} ms/step "
             f"{r['images_per_second']:10.1f} img/s", flush=True)

@@ -25,6 +25,15 @@ def test_benchmark_suite_writes_the_report(tmp_path):
   assert lenet["epoch"]["steps"] == 2 and lenet["epoch"]["ratio"] > 0
   machine = report["machine"]
   assert machine["backend"] == "cpu" and "allocator_mallopt" in machine
+  assert machine["peak_flops_per_second"] is None  # no datasheet peak for a CPU
+  assert all("fraction_of_peak" not in r for r in lenet["results"].values())
+
+
+def test_datasheet_peaks_of_known_accelerators():
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3")["bfloat16"] == 989e12
+  assert benchmark.peak_flops("NVIDIA H100 PCIe")["bfloat16"] == 756e12
+  assert benchmark.peak_flops("NVIDIA H200")["float32"] == 67e12
+  assert benchmark.peak_flops("cpu") is None
 
 
 def test_per_step_and_scanned_variants_follow_the_same_trajectory():
@@ -36,3 +45,27 @@ def test_per_step_and_scanned_variants_follow_the_same_trajectory():
   assert int(per_step.state.step) == int(scanned.state.step) == 3
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                per_step.state.trainable, scanned.state.trainable)
+
+
+def test_convolution_benchmark_times_every_distinct_conv(tmp_path):
+  from experiments import benchmark_conv
+  report = benchmark_conv.main(["--model", "wrn10-1", "--input-shape", "8", "8", "3",
+                                "--batch", "2", "--steps", "1", "--out", str(tmp_path / "c.json")])
+  layers = report["layers"]
+  assert sum(layer["count"] for layer in layers) == 9  # stem + 2 + 3 + 3 convs of WRN-10-1
+  same = next(layer for layer in layers if layer["count"] == 2)  # stage 1's two 16 -> 16 convs
+  assert same["kernel"] == [3, 3, 16, 16] and same["input"] == [8, 8, 16]
+  stem = layers[0]
+  assert stem["names"] == ["stem"] and stem["gflop"] == 2 * 2 * 8 * 8 * 16 * 3 * 3 * 3 / 1e9
+  total = report["network_total_ms"]["jax"]
+  for part in benchmark_conv.PARTS:
+    assert all(layer["ms"]["jax"][part] > 0 for layer in layers)
+    assert np.isclose(total[part], sum(l["count"] * l["ms"]["jax"][part] for l in layers))
+
+
+def test_interleaved_rounds_rotate_which_variant_runs_first():
+  order = []
+  calls = {name: (lambda name=name: order.append(name) or 1.0) for name in "abc"}
+  times = benchmark.interleaved(calls, steps=3, warmup=1)
+  assert times == {name: [1.0] * 3 for name in "abc"}
+  assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each

@@ -99,8 +99,12 @@ def topk_reference(s, k):
                                     np.repeat(np.arange(-5.0, 5.0), 10).reshape(10, 10),
                                     np.random.default_rng(0).normal(size=(40, 30)),
                                     np.ones((50, 70)),  # ties over several tie blocks
-                                    np.round(np.random.default_rng(1).normal(size=(300, 100)), 1)])
-@pytest.mark.parametrize("fraction", [0.37, 0.5])
+                                    np.round(np.random.default_rng(1).normal(size=(300, 100)), 1),
+                                    np.random.default_rng(2).standard_cauchy((60, 50)),  # heavy tails
+                                    np.random.default_rng(3).uniform(-0.04, 0.04, (784, 30)),
+                                    np.where(np.arange(3000) % 20 == 0, 1.0,  # ties at a few values
+                                             np.random.default_rng(4).normal(1.0, 0.01, 3000))])
+@pytest.mark.parametrize("fraction", [0.01, 0.37, 0.5, 1.0])
 def test_topk_matches_reference_with_and_without_ties(scores, fraction):
   s = jnp.asarray(scores, jnp.float32)
   k = masking.kept_count(s.size, fraction)
