@@ -109,7 +109,7 @@ def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
   """Round-robin timing of several zero-argument callables returning seconds.
 
   Each round starts one variant later, so that no variant always runs right after the same
-  one (after a PyTorch step, the next JAX step ran up to 20% slower).
+  one (a JAX step right after a PyTorch one, for instance).
   """
   for call in calls.values():
     for _ in range(warmup):
