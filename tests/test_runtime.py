@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from smjax import runtime
 
 OPTION = runtime.YNN_OPTION
@@ -47,3 +49,40 @@ def test_configure_moves_convolutions_off_ynnpack_and_sets_malloc():
 def test_configure_leaves_malloc_variables_already_set():
   configured = run_configured({"MALLOC_TOP_PAD_": "1048576"})
   assert "MALLOC_TOP_PAD_" not in configured["applied"]["malloc"]
+
+
+def thread_allocation_faults(env_extra: dict) -> int:
+  """Minor page faults of the 2nd and 3rd 128 MiB malloc, written and freed, in a worker
+  thread (as XLA's threads allocate a step's buffers), in a fresh configured process."""
+  code = """
+import ctypes, ctypes.util, resource, threading
+from smjax import runtime
+runtime.configure()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+faults = []
+def allocate():
+  for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(2**27)
+    ctypes.memset(block, 1, 2**27)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=allocate)
+thread.start()
+thread.join()
+print(sum(faults[1:]))
+"""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  env.update(env_extra)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True)
+  return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_one_arena_reuses_the_heap_for_large_blocks_from_threads():
+  pages = 2 * 2**27 // 4096  # the 2nd and 3rd block in 4 KiB pages
+  assert thread_allocation_faults({}) < 0.05 * pages
+  assert thread_allocation_faults({"MALLOC_ARENA_MAX": "8"}) > 0.9 * pages  # mmap per block
