@@ -62,6 +62,14 @@ def machine() -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def write_report(report: dict, path: str) -> None:
+  """The benchmark's JSON, with its folder made."""
+  out = Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2) + "\n")
+  print(f"-> {out}")
+
+
 def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
   rng = np.random.default_rng(0)
   lead = (batch,) if k is None else (k, batch)
@@ -201,10 +209,7 @@ def main(argv=None) -> dict:
       print(f"{name:14s} {variant:24s} {r['median_ms']:10.2f} ms/step "
             f"{r['images_per_second']:10.1f} img/s", flush=True)
     print(json.dumps(report["models"][name]["ratios"]), flush=True)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
-  print(f"-> {out}")
+  write_report(report, args.out)
   return report
 
 

@@ -19,13 +19,13 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmark import write_report
 from smjax import models, runtime
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -148,10 +148,7 @@ def main(argv=None) -> dict:
   report = {"args": vars(args), "runtime": applied, "jax": jax.__version__, "layers": rows,
             "network_total_ms": {b: {**t, "all": sum(t.values())} for b, t in totals.items()}}
   print(json.dumps(report["network_total_ms"]))
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
-  print(f"-> {out}")
+  write_report(report, args.out)
   return report
 
 

@@ -15,12 +15,11 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from experiments.benchmark import RUNTIME, machine
+from experiments.benchmark import RUNTIME, machine, write_report
 from smjax import augment, data, models, run, runtime, train
 from smjax.config import Config
 
@@ -103,10 +102,8 @@ def main(argv=None) -> dict:
     report["augmentation"][dataset_name] = {"images_per_second": augment_rate(shape, args.batch)}
     report["epoch"][model_name] = epoch_vs_steps(model_name, dataset_name, dataset, args.batch)
     print(dataset_name, model_name, json.dumps(report["epoch"][model_name]), flush=True)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
   print(json.dumps({k: report[k] for k in ("batching", "augmentation")}))
+  write_report(report, args.out)
   return report
 
 
