@@ -179,7 +179,7 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   if args.epoch_steps:
     from experiments.benchmark_input import epoch_vs_steps, synthetic
     out["epoch"] = epoch_vs_steps(name, dataset, synthetic(shape, args.epoch_steps * args.batch),
-                                  args.batch)
+                                  args.batch, dtype=args.dtype)
   return out
 
 

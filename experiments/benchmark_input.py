@@ -54,15 +54,15 @@ def augment_rate(shape, batch: int, repeats: int = 20) -> float:
 
 
 def epoch_vs_steps(model_name: str, dataset_name: str, dataset: data.Dataset, batch: int,
-                   rounds: int = 3) -> dict:
+                   rounds: int = 3, dtype: str = "float32") -> dict:
   """An epoch through the runs' own loop against steps x the median step time.
 
   Each of `rounds` rounds times a block of single steps on one fixed batch, then an epoch, so
   that drift of the machine hits both alike; the ratio is the median of the rounds' ratios.
   """
   config = Config(model=model_name, dataset=dataset_name, mode="mask", batch_size=batch,
-                  epochs=rounds + 1, flip=True, max_translate=0.1, max_rotate=15.0)
-  model = models.get(model_name, 10)
+                  epochs=rounds + 1, flip=True, max_translate=0.1, max_rotate=15.0, dtype=dtype)
+  model = models.get(model_name, 10, **config.model_kwargs())
   steps = data.steps_per_epoch(dataset.train, batch)
   state = train.create_state(jax.random.key(0), model, dataset.input_shape, config)
   p_step = train.pmap_train_step(train.make_train_step(model, config, train.AXIS))
