@@ -8,9 +8,11 @@
 Per model and mode (mask mode once per estimator), after warm-up and interleaved round-robin so
 drift hits every variant alike: median ms per train step of one jitted call per step (dispatched
 asynchronously in bursts of `--steps-per-call`, as the training loop does) and of the scanned
-path (one compiled call per burst), images/s, XLA's FLOPs per step and the
-achieved FLOP/s (and its fraction of the chip's datasheet peak on a known accelerator), the
-compiled program's memory, and the ratios mask/weight and per-step/scanned.
+path (one compiled call per burst), images/s, XLA's FLOPs per step and the achieved FLOP/s,
+the FLOPs of its dots and convolutions counted in the jaxpr (XLA's count on GPU leaves out the
+convolutions cuDNN runs) and their rate (with its fraction of the chip's datasheet dense peak on
+a known accelerator), the compiled program's memory, and the ratios mask/weight and
+per-step/scanned.
 With `--epoch-steps N`, one epoch of N steps through the runs' own loop against N x the median
 step. wrn28-10 joins the default models when an accelerator is present. Runs with the
 defaults of `smjax.runtime` (`SMJAX_DEFAULT_RUNTIME=0` measures without them). Writes JSON.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.extend import core as jax_core
 
 from smjax import masking, models, runtime, train
 from smjax.config import Config
@@ -70,6 +74,47 @@ def write_report(report: dict, path: str) -> None:
   print(f"-> {out}")
 
 
+def _conv_flops(eqn: jax_core.JaxprEqn) -> int:
+  """2 x the multiply-adds of a convolution that meet an input element, as XLA's cost
+  analysis counts them: none with padding or with the holes of an lhs dilation (the input
+  gradient of a strided convolution), so forward, input and weight gradients count alike."""
+  lhs, rhs = (v.aval.shape for v in eqn.invars)
+  out = eqn.outvars[0].aval.shape
+  p = eqn.params
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  pairs = 1
+  for i, (stride, (low, _), lhs_dil, rhs_dil) in enumerate(zip(
+      p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"])):
+    o = np.arange(out[out_spec[2 + i]])[:, None]
+    position = o * stride + np.arange(rhs[rhs_spec[2 + i]])[None, :] * rhs_dil - low
+    extent = (lhs[lhs_spec[2 + i]] - 1) * lhs_dil
+    pairs *= int(np.sum((position >= 0) & (position <= extent) & (position % lhs_dil == 0)))
+  return 2 * out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * pairs
+
+
+def matmul_flops(jaxpr: jax_core.Jaxpr) -> int:
+  """FLOPs (2 per multiply-add) of the dot products and convolutions in `jaxpr` and the jaxprs
+  it calls: the work that a datasheet's dense peak refers to, counted the same on every backend.
+
+  A scan's body counts `length` times, a cond's costliest branch once, a while loop's body once.
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    out = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
+    if eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * out * math.prod(lhs[d] for d in contracting)
+    elif eqn.primitive.name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    else:
+      inner = [matmul_flops(j) for j in jax_core.jaxprs_in_params(eqn.params)]
+      if inner:
+        total += (max(inner) if eqn.primitive.name == "cond" else
+                  sum(inner) * eqn.params.get("length", 1))
+  return total
+
+
 def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
   rng = np.random.default_rng(0)
   lead = (batch,) if k is None else (k, batch)
@@ -86,7 +131,7 @@ class Variant:
   def __init__(self, config: Config, shape, steps_per_call: int = 1, burst: int = 1):
     model = models.get(config.model, 10, **config.model_kwargs())
     self.state = train.create_state(jax.random.key(0), model, shape, config)
-    step = train.make_train_step(model, config)
+    step = single_step = train.make_train_step(model, config)
     self.k = steps_per_call
     if steps_per_call > 1:
       step = train.make_multi_train_step(step)
@@ -95,10 +140,12 @@ class Variant:
                     [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(burst)])
     self.key = jax.random.key(1)
     self.fn = train.jit_train_step(step)
+    first = jax.tree.map(lambda x: x[0], stacked)  # of one step, for the scanned path too
+    self.matmul_flops = matmul_flops(jax.make_jaxpr(single_step)(self.state, first, self.key).jaxpr)
     compiled = self.fn.lower(self.state, self.batches[0], self.key).compile()
-    cost = compiled.cost_analysis()
+    cost = compiled.cost_analysis()  # on GPU without the convolutions run as library calls
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get("flops", float("nan")))
+    self.flops = float((cost or {}).get("flops", float("nan")))
     memory = compiled.memory_analysis()
     self.memory_bytes = None if memory is None else int(
         memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
@@ -155,14 +202,18 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
     median = statistics.median(ts)
     v = variants.get(variant)
     same_network = variants.get("mask/threshold")  # PyTorch's step: the JAX network's FLOPs
-    flops = v.flops if v else same_network.flops if same_network else None
+    network = v or same_network
+    flops = network.flops if network else None
+    matmul = network.matmul_flops if network else None
     results[variant] = {
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(ts), "images_per_second": args.batch / median,
-        "flops_per_step": flops,
+        "flops_per_step": flops,  # XLA's cost analysis of the compiled step
         "achieved_flops_per_second": flops / median if flops else None,
+        "matmul_flops_per_step": matmul,  # dots and convolutions, from the jaxpr
+        "achieved_matmul_flops_per_second": matmul / median if matmul else None,
         "compiled_memory_bytes": v.memory_bytes if v else None}
-    if peak and flops:
-      results[variant]["fraction_of_peak"] = flops / median / peak
+    if peak and matmul:
+      results[variant]["fraction_of_peak"] = matmul / median / peak
   ratios = {}
   if "weight" in results:
     ratios["mask_to_weight"] = {n: r["median_ms"] / results["weight"]["median_ms"]

@@ -7,9 +7,9 @@
 # 2. WRN-28-10 (CIFAR-10 shapes, batch 128, bfloat16): weight and mask step, and an epoch of
 #    390 steps through the runs' own loop (augmentation included).
 # 3. The digits experiment (real data, all three regimes) end to end.
-# 4. WRN-28-10 mask step with every estimator.
-# Each step is bounded by STEP_SECONDS and all of them by TOTAL_SECONDS; a failed step does not
-# stop the next. WRN_MODEL and EPOCH_STEPS make a small dry run possible on a CPU.
+# 4. WRN-28-10 mask step with every estimator, and top-k's k-th value by search and by sort.
+# Each step has its own time bound and all of them together TOTAL_SECONDS; a failed step does
+# not stop the next. WRN_MODEL and EPOCH_STEPS make a small dry run possible on a CPU.
 set -u
 out=${1:-runs/benchmark_gpu}
 mkdir -p "$out"
@@ -43,3 +43,4 @@ step 60 experiments.benchmark --models lenet300-100 --dtype bfloat16 --estimator
   --steps 30 --warmup 3 --steps-per-call 64 --out "$out/lenet300-100_k64.json"
 step 200 experiments.benchmark --models "$wrn" --dtype bfloat16 --modes mask \
   --steps-per-call 1 --steps 10 --warmup 2 --out "$out/${wrn}_estimators.json"
+step 60 experiments.benchmark_topk --model "$wrn" --out "$out/topk_$wrn.json"

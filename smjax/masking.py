@@ -147,7 +147,7 @@ def _first_true(mask: jax.Array, n: jax.Array) -> jax.Array:
   return mask & (jax.lax.iota(jnp.int32, size) <= last)
 
 
-def _kth_largest(flat: jax.Array, k: int) -> jax.Array:
+def _kth_largest_search(flat: jax.Array, k: int) -> jax.Array:
   """The k-th largest entry of a flat non-negative float32 array, without sorting.
 
   Non-negative floats order like their bits as int32, so the answer is the largest bit
@@ -182,6 +182,33 @@ def _kth_largest(flat: jax.Array, k: int) -> jax.Array:
   return jnp.min(jnp.where(flat >= lo, flat, jnp.inf))
 
 
+def _kth_largest_sort(flat: jax.Array, k: int) -> jax.Array:
+  """The k-th largest entry of a flat float32 array, by one sort."""
+  return jnp.sort(flat)[flat.size - k]
+
+
+KTH_LARGEST = {"search": _kth_largest_search, "sort": _kth_largest_sort}
+
+
+def kth_largest_method(backend: str | None = None) -> str:
+  """How top-k finds its k-th value on `backend` (default: JAX's): a counting search on CPU,
+  where a sort of every layer costs more than its 9-16 passes; a sort on accelerators, where
+  each of the search's loop iterations waits on the host (WRN-28-10 on an H200: see README)."""
+  return "search" if (backend or jax.default_backend()) == "cpu" else "sort"
+
+
+def topk_flat_mask(flat: jax.Array, k: int, method: str) -> jax.Array:
+  """Bool mask of the k largest entries of a flat non-negative array; ties at the k-th value
+  are kept in flat order. `method`: a key of `KTH_LARGEST`."""
+  kth = KTH_LARGEST[method](flat, k)
+  at_least = flat >= kth
+
+  def break_ties(_):  # keep the first ties at the k-th value, in flat order
+    return (flat > kth) | _first_true(flat == kth, k - _count(flat > kth))
+
+  return jax.lax.cond(_count(at_least) == k, lambda _: at_least, break_ties, None)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def topk_ste(scores: jax.Array, fraction: float):
   """Edge-popup mask: keep the `fraction` of weights with the largest |score|.
@@ -192,14 +219,7 @@ def topk_ste(scores: jax.Array, fraction: float):
   flat order. Backward: identity, `g`.
   """
   flat = jnp.abs(scores.astype(jnp.float32)).reshape(-1)
-  k = kept_count(flat.size, fraction)
-  kth = _kth_largest(flat, k)
-  at_least = flat >= kth
-
-  def break_ties(_):  # keep the first ties at the k-th value, in flat order
-    return (flat > kth) | _first_true(flat == kth, k - _count(flat > kth))
-
-  mask = jax.lax.cond(_count(at_least) == k, lambda _: at_least, break_ties, None)
+  mask = topk_flat_mask(flat, kept_count(flat.size, fraction), kth_largest_method())
   return mask.astype(scores.dtype).reshape(scores.shape)
 
 

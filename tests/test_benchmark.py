@@ -1,9 +1,14 @@
+import importlib.util
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark
+from experiments import benchmark, benchmark_topk
 
 
 def test_benchmark_suite_writes_the_report(tmp_path):
@@ -17,7 +22,15 @@ def test_benchmark_suite_writes_the_report(tmp_path):
   assert set(lenet["results"]) == variants | {f"{v}/scan" for v in variants}
   for name, r in lenet["results"].items():
     assert r["median_ms"] > 0 and r["images_per_second"] == 8 / (r["median_ms"] / 1e3)
-    assert r["flops_per_step"] > 1e6 and r["compiled_memory_bytes"] > 0
+    assert r["compiled_memory_bytes"] > 0
+  # Weight step of an MLP: forward and weight-gradient matmuls, input gradients above layer 1,
+  # and a few element-wise FLOPs per weight (activations, optimizer).
+  dims, batch = [784, 300, 100, 10], 8
+  weights = sum(a * b for a, b in zip(dims, dims[1:]))
+  matmuls = 2 * batch * (2 * weights + sum(a * b for a, b in zip(dims[1:], dims[2:])))
+  assert matmuls <= lenet["results"]["weight"]["flops_per_step"] <= matmuls + 10 * weights
+  for name, r in lenet["results"].items():
+    assert r["matmul_flops_per_step"] == matmuls, name  # same network, same matmuls
   for v in variants:  # a scanned step does the same work as a single step
     assert lenet["results"][f"{v}/scan"]["flops_per_step"] == lenet["results"][v]["flops_per_step"]
   assert set(lenet["ratios"]["mask_to_weight"]) == {"mask/threshold", "mask/topk"}
@@ -69,3 +82,41 @@ def test_interleaved_rounds_rotate_which_variant_runs_first():
   times = benchmark.interleaved(calls, steps=3, warmup=1)
   assert times == {name: [1.0] * 3 for name in "abc"}
   assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
+
+
+def test_topk_benchmark_times_both_methods(tmp_path):
+  report = benchmark_topk.main(["--model", "lenet300-100", "--steps", "2", "--warmup", "1",
+                                "--out", str(tmp_path / "topk.json")])
+  assert report["layers"] == 3 and report["weights"] == 784 * 300 + 300 * 100 + 100 * 10
+  assert report["chosen_method"] == "search"
+  assert set(report["results"]) == {f"{m}/{s}" for m in ("search", "sort")
+                                    for s in ("continuous", "tied")}
+  assert all(r["median_ms"] > 0 for r in report["results"].values())
+
+
+def test_matmul_flops_counts_dots_convolutions_and_their_gradients():
+  conv = lambda w, x: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  w, x = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 8, 8, 4))
+  # 4 outputs x 3 taps per spatial dim, less the tap past the edge (SAME pads only the end).
+  forward = 2 * 2 * 8 * 4 * (4 * 3 - 1) ** 2  # batch x out x in features x (output, tap) pairs
+  count = lambda f, *a: benchmark.matmul_flops(jax.make_jaxpr(f)(*a).jaxpr)
+  assert count(conv, w, x) == forward
+  loss = lambda w, x: jnp.sum(conv(w, x) ** 2)
+  assert count(jax.grad(loss, argnums=(0, 1)), w, x) == 3 * forward  # + weight and input grads
+  compiled = jax.jit(conv).lower(w, x).compile().cost_analysis()
+  assert forward <= compiled["flops"] <= forward + 2 * x.size  # XLA's count, + element-wise
+  a, b = jnp.ones((5, 6, 7)), jnp.ones((5, 7, 3))
+  assert count(jnp.matmul, a, b) == 2 * 5 * 6 * 3 * 7
+  scanned = lambda a: jax.lax.scan(lambda c, _: (c @ c, None), a, None, length=4)[0]
+  assert count(scanned, jnp.ones((6, 6))) == 4 * 2 * 6 ** 3
+  branches = lambda p, a: jax.lax.cond(p, lambda a: a @ a @ a, lambda a: a @ a, a)
+  assert count(branches, True, jnp.ones((6, 6))) == 2 * 2 * 6 ** 3  # the costlier branch
+
+
+def test_gpu_script_parses_and_names_existing_modules():
+  script = Path(__file__).parents[1] / "experiments" / "benchmark_gpu.sh"
+  subprocess.run(["bash", "-n", str(script)], check=True)
+  modules = set(re.findall(r"^step \d+ (experiments\.\w+)", script.read_text(), re.M))
+  assert modules == {"experiments.benchmark", "experiments.digits", "experiments.benchmark_topk"}
+  assert all(importlib.util.find_spec(m) for m in modules)

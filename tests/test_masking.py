@@ -110,6 +110,15 @@ def test_topk_matches_reference_with_and_without_ties(scores, fraction):
   k = masking.kept_count(s.size, fraction)
   np.testing.assert_array_equal(jax.jit(masking.topk_ste, static_argnums=1)(s, fraction),
                                 topk_reference(s, k))
+  flat = jnp.abs(s).ravel()
+  for method in masking.KTH_LARGEST:  # the accelerators' method too, here on CPU
+    mask = jax.jit(masking.topk_flat_mask, static_argnums=(1, 2))(flat, k, method)
+    np.testing.assert_array_equal(mask.reshape(s.shape), topk_reference(s, k), err_msg=method)
+
+
+def test_kth_largest_method_by_backend():
+  assert masking.kth_largest_method("cpu") == "search"
+  assert masking.kth_largest_method("gpu") == masking.kth_largest_method("tpu") == "sort"
 
 
 PARAMS = {
