@@ -38,7 +38,7 @@ step 120 experiments.benchmark --models lenet300-100 --dtype bfloat16 --steps 30
   --steps-per-call 8 --out "$out/lenet300-100_k8.json"
 step 330 experiments.benchmark --models "$wrn" --dtype bfloat16 --estimators threshold \
   --steps-per-call 1 --steps 10 --warmup 2 --epoch-steps "$epoch_steps" --out "$out/$wrn.json"
-step 120 experiments.digits --workdir "$out/digits" --overwrite
+step 180 experiments.digits --workdir "$out/digits" --overwrite
 step 60 experiments.benchmark --models lenet300-100 --dtype bfloat16 --estimators threshold \
   --steps 30 --warmup 3 --steps-per-call 64 --out "$out/lenet300-100_k64.json"
 step 200 experiments.benchmark --models "$wrn" --dtype bfloat16 --modes mask \
