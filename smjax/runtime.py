@@ -29,7 +29,7 @@ import jaxlib.version
 
 YNN_OPTION = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_XLA_FLAGS = (f"{YNN_OPTION}=-individual_convolution",)
-TESTED_JAXLIB = "0.10."
+TESTED_JAXLIB = ("0.10.", "0.11.", "0.12.")  # the series the flag was measured with
 
 # glibc mallopt parameters (malloc.h) and the values that keep the heap (mallopt takes an int).
 MALLOC_SETTINGS = {  # env variable: (mallopt param, value)

@@ -15,7 +15,9 @@ def test_xla_flags_add_the_cpu_default_and_keep_the_users():
   assert runtime.xla_flags("--a=1") == f"--a=1 {OPTION}=-individual_convolution"
   assert runtime.xla_flags(f"{OPTION}=") == f"{OPTION}="  # the user's choice wins
   assert runtime.xla_flags(runtime.xla_flags("")) == runtime.xla_flags("")
-  assert runtime.xla_flags("--a=1", jaxlib_version="0.11.0") == "--a=1"  # not measured there
+  for measured in ("0.10.2", "0.11.2", "0.12.0.1"):
+    assert runtime.xla_flags("--a=1", jaxlib_version=measured) == f"--a=1 {OPTION}=-individual_convolution"
+  assert runtime.xla_flags("--a=1", jaxlib_version="0.13.0") == "--a=1"  # not measured there
 
 
 def run_configured(env_extra: dict) -> dict:
