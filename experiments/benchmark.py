@@ -35,6 +35,7 @@ from jax.extend import core as jax_core
 
 from smjax import masking, models, runtime, train
 from smjax.config import Config
+from smjax.models import winograd
 
 MALLOC_VARS = tuple(runtime.MALLOC_SETTINGS)
 SHAPES = {"lenet300-100": ("mnist", (28, 28, 1))}
@@ -122,6 +123,16 @@ def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
                          "label": rng.integers(0, 10, lead).astype(np.int32)})
 
 
+def step_matmul_flops(config: Config, shape) -> int:
+  """FLOPs of the dots and convolutions in one train step's jaxpr (traced, not compiled)."""
+  model = models.get(config.model, 10, **config.model_kwargs())
+  state = jax.eval_shape(lambda: train.create_state(jax.random.key(0), model, shape, config))
+  batch = {"image": jax.ShapeDtypeStruct((config.batch_size, *shape), np.uint8),
+           "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32)}
+  step = train.make_train_step(model, config)
+  return matmul_flops(jax.make_jaxpr(step)(state, batch, jax.random.key(1)).jaxpr)
+
+
 class Variant:
   """One compiled train function; `call()` times a burst of `burst` steps: `burst` dispatches
   of the per-step function (async, as the training loop runs them), or one call of the
@@ -131,7 +142,7 @@ class Variant:
   def __init__(self, config: Config, shape, steps_per_call: int = 1, burst: int = 1):
     model = models.get(config.model, 10, **config.model_kwargs())
     self.state = train.create_state(jax.random.key(0), model, shape, config)
-    step = single_step = train.make_train_step(model, config)
+    step = train.make_train_step(model, config)
     self.k = steps_per_call
     if steps_per_call > 1:
       step = train.make_multi_train_step(step)
@@ -140,8 +151,7 @@ class Variant:
                     [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(burst)])
     self.key = jax.random.key(1)
     self.fn = train.jit_train_step(step)
-    first = jax.tree.map(lambda x: x[0], stacked)  # of one step, for the scanned path too
-    self.matmul_flops = matmul_flops(jax.make_jaxpr(single_step)(self.state, first, self.key).jaxpr)
+    self.matmul_flops = step_matmul_flops(config, shape)  # of one step, scanned or not
     compiled = self.fn.lower(self.state, self.batches[0], self.key).compile()
     cost = compiled.cost_analysis()  # on GPU without the convolutions run as library calls
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -179,7 +189,9 @@ def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
 
 def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   dataset, shape = SHAPES.get(name, DEFAULT_SHAPE)
-  base = Config(model=name, dataset=dataset, batch_size=args.batch, dtype=args.dtype)
+  first, *others = args.conv_algorithms
+  base = Config(model=name, dataset=dataset, batch_size=args.batch, dtype=args.dtype,
+                conv_algorithm=first)
   configs = {}
   if "weight" in args.modes:
     configs["weight"] = base.replace(mode="weight")
@@ -189,6 +201,9 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   if args.steps_per_call > 1:
     variants.update({f"{n}/scan": Variant(c, shape, args.steps_per_call)
                      for n, c in configs.items()})
+  variants.update({f"{n}/conv={a}": Variant(c.replace(conv_algorithm=a), shape,
+                                             burst=args.steps_per_call)
+                   for a in others for n, c in configs.items()})
   for n in configs:  # XLA's cost analysis counts a while loop's body once: use the step's
     if f"{n}/scan" in variants:
       variants[f"{n}/scan"].flops = variants[n].flops
@@ -198,13 +213,14 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
     calls.update(benchmark_torch.calls(args.batch))
   times = interleaved(calls, args.steps, args.warmup)
   results = {}
+  direct = None  # PyTorch's step: the network's direct convolutions, as XLA's run them
+  if any(n.startswith("torch") for n in times):
+    direct = step_matmul_flops(base.replace(mode="mask", conv_algorithm="xla"), shape)
   for variant, ts in times.items():
     median = statistics.median(ts)
     v = variants.get(variant)
-    same_network = variants.get("mask/threshold")  # PyTorch's step: the JAX network's FLOPs
-    network = v or same_network
-    flops = network.flops if network else None
-    matmul = network.matmul_flops if network else None
+    flops = v.flops if v else None
+    matmul = v.matmul_flops if v else direct
     results[variant] = {
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(ts), "images_per_second": args.batch / median,
         "flops_per_step": flops,  # XLA's cost analysis of the compiled step
@@ -218,10 +234,12 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   if "weight" in results:
     ratios["mask_to_weight"] = {n: r["median_ms"] / results["weight"]["median_ms"]
                                 for n, r in results.items() if n.startswith("mask")
-                                and not n.endswith("/scan")}
+                                and "/scan" not in n and "/conv=" not in n}
   ratios["per_step_to_scan_images_per_second"] = {
       n: results[n]["images_per_second"] / results[f"{n}/scan"]["images_per_second"]
       for n in configs if f"{n}/scan" in results}
+  ratios[f"to_conv={first}"] = {n: r["median_ms"] / results[n.split("/conv=")[0]]["median_ms"]
+                                for n, r in results.items() if "/conv=" in n}
   for torch_name in [n for n in results if n.startswith("torch")]:
     ratios[f"{torch_name}_to_jax_mask_threshold"] = (
         results[torch_name]["median_ms"] / results["mask/threshold"]["median_ms"]
@@ -249,6 +267,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps-per-call", type=int, default=8, help="scanned path (1: skip)")
   parser.add_argument("--epoch-steps", type=int, default=0, help="also time an epoch of N steps")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--conv-algorithms", nargs="+", default=["auto"],
+                      choices=winograd.ALGORITHMS, help="the first for all variants; the others "
+                      "add per-step variants named .../conv=NAME")
   parser.add_argument("--torch", action="store_true", help="PyTorch WRN-16-4 side by side")
   parser.add_argument("--out", default="runs/benchmark.json")
   args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ import numpy as np
 
 from experiments.benchmark import write_report
 from smjax import models, runtime
+from smjax.models import winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 PARTS = ("forward", "input_grad", "weight_grad")
@@ -66,13 +67,16 @@ def seconds(fn, *args) -> float:
   return time.perf_counter() - start
 
 
-def jax_parts(shape: dict, batch: int) -> tuple[dict, float]:
-  """Zero-argument callables (one call each, seconds) for the three parts; the layer's GFLOP."""
+def jax_parts(shape: dict, batch: int, conv=jax.lax.conv_general_dilated) -> tuple[dict, float]:
+  """Zero-argument callables (one call each, seconds) for the three parts; the layer's GFLOP.
+
+  `conv`: `lax.conv_general_dilated` or a stand-in (`winograd.conv_general_dilated`)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, *shape["input"])), jnp.float32)  # [n, h, w, c]
   w = jnp.asarray(rng.normal(size=shape["kernel"]) * 0.05, jnp.float32)  # [kh, kw, c, o]
-  forward = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, tuple(shape["strides"]), shape["padding"], dimension_numbers=NHWC)
+  dimension_numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+  forward = lambda x, w: conv(x, w, tuple(shape["strides"]), shape["padding"],
+                              dimension_numbers=dimension_numbers)
   g = jnp.ones(jax.eval_shape(forward, x, w).shape, jnp.float32)
   fns = {
       "forward": (jax.jit(forward), (x, w)),
@@ -118,16 +122,22 @@ def main(argv=None) -> dict:
   parser.add_argument("--input-shape", type=int, nargs=3, default=[32, 32, 3])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=5, help="timed calls per part")
+  parser.add_argument("--conv-algorithms", nargs="+", default=["xla", "winograd"],
+                      choices=("xla", "winograd"), help="JAX convolutions to time")
   parser.add_argument("--torch", action="store_true", help="PyTorch on the same shapes")
   parser.add_argument("--out", default="runs/benchmark_conv.json")
   args = parser.parse_args(argv)
-  backends = ["jax"] + (["torch/nchw", "torch/channels_last"] if args.torch else [])
+  convs = {"xla": jax.lax.conv_general_dilated, "winograd": winograd.conv_general_dilated}
+  jax_backends = [f"jax/{a}" for a in args.conv_algorithms]
+  backends = jax_backends + (["torch/nchw", "torch/channels_last"] if args.torch else [])
   rows = []
   totals = {b: dict.fromkeys(PARTS, 0.0) for b in backends}
   for shape in distinct_shapes(conv_layers(models.get(args.model, 10), tuple(args.input_shape))):
-    calls, gflop = jax_parts(shape, args.batch)
-    calls = {("jax", p): f for p, f in calls.items()}
-    for backend in backends[1:]:
+    calls = {}
+    for backend in jax_backends:
+      parts, gflop = jax_parts(shape, args.batch, convs[backend.split("/")[1]])
+      calls.update({(backend, p): f for p, f in parts.items()})
+    for backend in backends[len(jax_backends):]:
       parts = torch_parts(shape, args.batch, backend.endswith("channels_last"))
       calls.update({(backend, p): f for p, f in parts.items()})
     for call in calls.values():  # warm-up (and compilation)

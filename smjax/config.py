@@ -29,6 +29,7 @@ class Config:
   dropout_rate: float = 0.0
   downsampling: str = "stride"        # Wide ResNets: "stride" | "maxpool" (keras-contrib)
   dtype: str = "float32"              # compute dtype; params and scores stay float32
+  conv_algorithm: str = "auto"        # 3x3 convs: "winograd" | "xla"; auto: winograd on CPU f32
   # Masks.
   mode: str = "mask"
   estimator: str = "threshold"
@@ -73,7 +74,9 @@ class Config:
 
   def model_kwargs(self) -> dict[str, Any]:
     """Keyword arguments of `smjax.models.get` for this config."""
-    kwargs = {"dtype": jnp.dtype(self.dtype)}
+    from smjax.models import winograd  # local: config stays importable alone
+    kwargs = {"dtype": jnp.dtype(self.dtype),
+              "conv": winograd.conv_function(self.conv_algorithm, self.dtype)}
     if self.model.startswith("wrn"):
       kwargs.update(dropout_rate=self.dropout_rate, downsampling=self.downsampling)
     return kwargs
@@ -119,6 +122,7 @@ def _parse(key: str, raw: str, kind: type) -> Any:
 def validate(config: Config) -> None:
   """Raises ValueError with one line naming the bad value and what is allowed."""
   from smjax import data, masking, models  # local: config stays importable alone
+  from smjax.models import winograd
 
   def choice(key, allowed):
     if getattr(config, key) not in allowed:
@@ -134,6 +138,10 @@ def validate(config: Config) -> None:
   choice("protocol", PROTOCOLS)
   choice("weight_init", WEIGHT_INITS)
   choice("dtype", DTYPES)
+  choice("conv_algorithm", winograd.ALGORITHMS)
+  if config.conv_algorithm == "winograd" and config.dtype != "float32":
+    raise ValueError("conv_algorithm 'winograd' computes in float32; use dtype=float32 or "
+                     "conv_algorithm=auto")
   models.get(config.model, 10, **config.model_kwargs())
   positive = {"lr": config.lr, "score_lr": config.score_lr, "finetune_lr": config.finetune_lr}
   for key, value in positive.items():

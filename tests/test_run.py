@@ -119,6 +119,8 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     (["--set", "batch_size=30"], "does not split across 4 devices"),
     (["--set", "no_such_key=1"], "unknown config key"),
     (["--set", "lr=fast"], "expects float"),
+    (["--set", "conv_algorithm=fft"], "unknown conv_algorithm"),
+    (["--set", "conv_algorithm=winograd", "--set", "dtype=bfloat16"], "computes in float32"),
     (["--regime", "finetune"], "finetune needs"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):

@@ -163,14 +163,15 @@ def test_jitted_step_compiles_once(batch):
   assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("estimator", ["threshold", "bernoulli"])
-def test_pmap_on_4_devices_equals_single_device(batch, estimator):
+@pytest.mark.parametrize("estimator,conv_algorithm",
+                         [("threshold", "xla"), ("bernoulli", "xla"), ("threshold", "winograd")])
+def test_pmap_on_4_devices_equals_single_device(batch, estimator, conv_algorithm):
   assert jax.local_device_count() == 4
   # SGD on scores: Adam divides near-zero gradients by their own magnitude, which turns
   # float reduction-order noise (~1e-9) into lr-sized steps, in any implementation.
   config = BASE.replace(mode="mask", estimator=estimator, score_optimizer="sgd", score_lr=1.0, flip=True,
-                        max_translate=0.2, max_rotate=15.0)
-  model = models.get(config.model, 10)
+                        max_translate=0.2, max_rotate=15.0, conv_algorithm=conv_algorithm)
+  model = models.get(config.model, 10, **config.model_kwargs())
   state = train.create_state(jax.random.key(0), model, (8, 8, 1), config)
   single = jax.jit(train.make_train_step(model, config))
   multi = train.pmap_train_step(train.make_train_step(model, config, axis_name=train.AXIS))

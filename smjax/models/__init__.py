@@ -27,7 +27,8 @@ NAMES = tuple(_FIXED) + ("wrnD-K (D = 6n + 4, e.g. wrn16-4, wrn28-10)",)
 def get(name: str, num_classes: int, **kwargs) -> nn.Module:
   """Builds a model by name: `lenet300-100`, `conv2/4/6` or `wrnD-K`.
 
-  kwargs go to the module: `dtype` for all; `dropout_rate` and `downsampling`
+  kwargs go to the module: `dtype` and `conv` (a `lax.conv_general_dilated` stand-in, e.g.
+  `winograd.conv_general_dilated`) for all; `dropout_rate` and `downsampling`
   ("stride" | "maxpool") for Wide ResNets.
   """
   if name in _FIXED:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ class MLP(nn.Module):
   num_classes: int
   axis_name: str | None = None  # unused: no cross-device state
   dtype: Any = jnp.float32
+  conv: Callable | None = None  # unused: no convolutions
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # x: [batch, height, width, channels]
@@ -30,6 +31,7 @@ class ConvNet(nn.Module):
   num_classes: int
   axis_name: str | None = None  # unused: no cross-device state
   dtype: Any = jnp.float32
+  conv: Callable | None = None  # lax.conv_general_dilated's stand-in; None: lax's own
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # x: [batch, height, width, channels]
@@ -37,7 +39,7 @@ class ConvNet(nn.Module):
     for pair in range(self.conv_pairs):
       for j in range(2):
         x = nn.relu(nn.Conv(64 * 2**pair, (3, 3), dtype=self.dtype,
-                            name=f"conv{2 * pair + j + 1}")(x))
+                            conv_general_dilated=self.conv, name=f"conv{2 * pair + j + 1}")(x))
       x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
     for i in range(2):

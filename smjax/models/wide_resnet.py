@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,10 +18,12 @@ class WideBlock(nn.Module):
   dropout_rate: float
   norm: Any
   dtype: Any = jnp.float32
+  conv: Callable | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             conv_general_dilated=self.conv)
     pre = nn.relu(self.norm(name="bn1")(x))
     y = conv(self.features, (3, 3), self.strides, name="conv1")(pre)
     y = nn.relu(self.norm(name="bn2")(y))
@@ -47,6 +49,7 @@ class WideResNet(nn.Module):
   downsampling: str = "stride"
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  conv: Callable | None = None  # lax.conv_general_dilated's stand-in; None: lax's own
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # x: [batch, height, width, channels]
@@ -55,7 +58,8 @@ class WideResNet(nn.Module):
     blocks = (self.depth - 4) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
-    x = nn.Conv(16, (3, 3), use_bias=False, dtype=self.dtype, name="stem")(x.astype(self.dtype))
+    x = nn.Conv(16, (3, 3), use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv,
+                name="stem")(x.astype(self.dtype))
     for stage, features in enumerate((16 * self.width, 32 * self.width, 64 * self.width)):
       for block in range(blocks):
         strides = 1
@@ -64,7 +68,7 @@ class WideResNet(nn.Module):
             strides = 2
           else:
             x = nn.max_pool(x, (2, 2), (2, 2))
-        x = WideBlock(features, strides, self.dropout_rate, norm, self.dtype,
+        x = WideBlock(features, strides, self.dropout_rate, norm, self.dtype, self.conv,
                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
     x = nn.relu(norm(name="bn_final")(x))
     x = jnp.mean(x, axis=(1, 2))  # [batch, channels]
