@@ -36,6 +36,7 @@ def test_benchmark_suite_writes_the_report(tmp_path):
   assert set(lenet["ratios"]["mask_to_weight"]) == {"mask/threshold", "mask/topk"}
   assert set(lenet["ratios"]["per_step_to_scan_images_per_second"]) == variants
   assert lenet["epoch"]["steps"] == 2 and lenet["epoch"]["ratio"] > 0
+  assert lenet["epoch"]["ratio_to_mean"] > 0
   machine = report["machine"]
   assert machine["backend"] == "cpu" and "allocator_mallopt" in machine
   assert machine["peak_flops_per_second"] is None  # no datasheet peak for a CPU
