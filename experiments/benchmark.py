@@ -4,6 +4,7 @@
     python -m experiments.benchmark --models wrn16-4 --modes weight mask --estimators threshold
     python -m experiments.benchmark --dtype bfloat16 --out runs/benchmark_bf16.json
     python -m experiments.benchmark --torch                           # + PyTorch WRN-16-4 side by side
+    python -m experiments.benchmark --models lenet300-100 --also optimizer=adam  # + Adam weights
 
 Per model and mode (mask mode once per estimator), after warm-up and interleaved round-robin so
 drift hits every variant alike: median ms per train step of one jitted call per step (dispatched
@@ -33,6 +34,7 @@ import jax
 import numpy as np
 from jax.extend import core as jax_core
 
+from smjax import config as config_lib
 from smjax import masking, models, runtime, train
 from smjax.config import Config
 from smjax.models import winograd
@@ -190,8 +192,8 @@ def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
 def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   dataset, shape = SHAPES.get(name, DEFAULT_SHAPE)
   first, *others = args.conv_algorithms
-  base = Config(model=name, dataset=dataset, batch_size=args.batch, dtype=args.dtype,
-                conv_algorithm=first)
+  base = config_lib.with_overrides(Config(model=name, dataset=dataset, batch_size=args.batch,
+                                          dtype=args.dtype, conv_algorithm=first), args.set)
   configs = {}
   if "weight" in args.modes:
     configs["weight"] = base.replace(mode="weight")
@@ -201,9 +203,13 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   if args.steps_per_call > 1:
     variants.update({f"{n}/scan": Variant(c, shape, args.steps_per_call)
                      for n, c in configs.items()})
-  variants.update({f"{n}/conv={a}": Variant(c.replace(conv_algorithm=a), shape,
+  # Per-step variants of every mode with one change each, timed in the same rounds.
+  groups = [f"conv={a}" for a in others] + list(args.also)
+  for group in groups:
+    change = [f"conv_algorithm={group[5:]}"] if group.startswith("conv=") else [group]
+    variants.update({f"{n}/{group}": Variant(config_lib.with_overrides(c, change), shape,
                                              burst=args.steps_per_call)
-                   for a in others for n, c in configs.items()})
+                     for n, c in configs.items()})
   for n in configs:  # XLA's cost analysis counts a while loop's body once: use the step's
     if f"{n}/scan" in variants:
       variants[f"{n}/scan"].flops = variants[n].flops
@@ -230,26 +236,43 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
         "compiled_memory_bytes": v.memory_bytes if v else None}
     if peak and matmul:
       results[variant]["fraction_of_peak"] = matmul / median / peak
+  ms = lambda n: results[n]["median_ms"]
+  masks = [n for n in configs if n.startswith("mask")]
   ratios = {}
-  if "weight" in results:
-    ratios["mask_to_weight"] = {n: r["median_ms"] / results["weight"]["median_ms"]
-                                for n, r in results.items() if n.startswith("mask")
-                                and "/scan" not in n and "/conv=" not in n}
+  for suffix in [""] + [f"/{g}" for g in groups]:  # mask_to_weight, mask_to_weight/conv=xla, ...
+    if f"weight{suffix}" in results:
+      ratios[f"mask_to_weight{suffix}"] = {n: ms(f"{n}{suffix}") / ms(f"weight{suffix}")
+                                           for n in masks}
   ratios["per_step_to_scan_images_per_second"] = {
       n: results[n]["images_per_second"] / results[f"{n}/scan"]["images_per_second"]
       for n in configs if f"{n}/scan" in results}
-  ratios[f"to_conv={first}"] = {n: r["median_ms"] / results[n.split("/conv=")[0]]["median_ms"]
-                                for n, r in results.items() if "/conv=" in n}
+  ratios["to_unchanged"] = {f"{n}/{g}": ms(f"{n}/{g}") / ms(n) for g in groups for n in configs}
   for torch_name in [n for n in results if n.startswith("torch")]:
     ratios[f"{torch_name}_to_jax_mask_threshold"] = (
         results[torch_name]["median_ms"] / results["mask/threshold"]["median_ms"]
         if "mask/threshold" in results else None)
-  out = {"input_shape": shape, "results": results, "ratios": ratios}
+  out = {"input_shape": shape, "config": base.to_dict(), "results": results, "ratios": ratios}
   if args.epoch_steps:
     from experiments.benchmark_input import epoch_vs_steps, synthetic
     out["epoch"] = epoch_vs_steps(name, dataset, synthetic(shape, args.epoch_steps * args.batch),
-                                  args.batch, dtype=args.dtype)
+                                  args.batch, dtype=args.dtype, overrides=args.set)
   return out
+
+
+OWN_KEYS = ("model", "dataset", "batch_size", "dtype", "conv_algorithm", "mode", "estimator")
+
+
+def check_overrides(overrides: list[str], parser: argparse.ArgumentParser, flag: str) -> None:
+  """Refuses (one line, exit 2) keys the suite varies itself and overrides that make an invalid
+  config."""
+  for item in overrides:
+    if item.partition("=")[0] in OWN_KEYS:
+      parser.error(f"{flag} {item}: the suite sets {item.partition('=')[0]} itself; "
+                   "use --models, --modes, --estimators, --batch, --dtype, --conv-algorithms")
+  try:
+    config_lib.validate(config_lib.with_overrides(Config(), overrides))
+  except ValueError as e:
+    parser.error(f"{flag}: {e}")
 
 
 def main(argv=None) -> dict:
@@ -271,8 +294,16 @@ def main(argv=None) -> dict:
                       choices=winograd.ALGORITHMS, help="the first for all variants; the others "
                       "add per-step variants named .../conv=NAME")
   parser.add_argument("--torch", action="store_true", help="PyTorch WRN-16-4 side by side")
+  parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="config overrides for every variant, e.g. score_init=kaiming_uniform")
+  parser.add_argument("--also", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="each adds per-step variants of every mode with that one override, "
+                      "named .../KEY=VALUE, e.g. optimizer=adam (the weight step's optimizer)")
   parser.add_argument("--out", default="runs/benchmark.json")
   args = parser.parse_args(argv)
+  check_overrides(args.set, parser, "--set")
+  for item in args.also:
+    check_overrides(args.set + [item], parser, "--also")
   report = {"args": vars(args), "machine": machine(), "models": {}}
   for name in args.models:
     report["models"][name] = benchmark_model(

@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments.benchmark import RUNTIME, machine, write_report
 from smjax import augment, data, models, run, runtime, train
-from smjax.config import Config
+from smjax.config import Config, with_overrides
 
 CASES = {"lenet300-100": ("mnist", (28, 28, 1), 12800), "conv2": ("cifar10", (32, 32, 3), 3200)}
 
@@ -54,16 +54,18 @@ def augment_rate(shape, batch: int, repeats: int = 20) -> float:
 
 
 def epoch_vs_steps(model_name: str, dataset_name: str, dataset: data.Dataset, batch: int,
-                   rounds: int = 3, dtype: str = "float32") -> dict:
+                   rounds: int = 3, dtype: str = "float32", overrides=()) -> dict:
   """An epoch through the runs' own loop against steps x the median step time.
 
   Each of `rounds` rounds times a block of single steps on one fixed batch, then an epoch, so
   that drift of the machine hits both alike; the ratio is the median of the rounds' ratios.
   `ratio_to_mean` divides by steps x the mean step instead: an epoch pays for its slow steps,
-  which the median leaves out, so this one is what the loop itself adds.
+  which the median leaves out, so this one is what the loop itself adds. `overrides`:
+  `key=value` config strings, as `--set` takes them.
   """
-  config = Config(model=model_name, dataset=dataset_name, mode="mask", batch_size=batch,
-                  epochs=rounds + 1, flip=True, max_translate=0.1, max_rotate=15.0, dtype=dtype)
+  config = with_overrides(Config(model=model_name, dataset=dataset_name, mode="mask",
+                                 batch_size=batch, epochs=rounds + 1, flip=True,
+                                 max_translate=0.1, max_rotate=15.0, dtype=dtype), overrides)
   model = models.get(model_name, 10, **config.model_kwargs())
   steps = data.steps_per_epoch(dataset.train, batch)
   state = train.create_state(jax.random.key(0), model, dataset.input_shape, config)

@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import benchmark, benchmark_topk
 
@@ -41,6 +42,48 @@ def test_benchmark_suite_writes_the_report(tmp_path):
   assert machine["backend"] == "cpu" and "allocator_mallopt" in machine
   assert machine["peak_flops_per_second"] is None  # no datasheet peak for a CPU
   assert all("fraction_of_peak" not in r for r in lenet["results"].values())
+
+
+def test_config_overrides_and_added_variants(tmp_path):
+  report = benchmark.main(["--models", "lenet300-100", "--estimators", "threshold", "--batch", "8",
+                           "--steps", "1", "--warmup", "0", "--steps-per-call", "1",
+                           "--set", "score_lr=0.1", "--also", "optimizer=adam",
+                           "score_optimizer=sgd", "--out", str(tmp_path / "b.json")])
+  lenet = report["models"]["lenet300-100"]
+  assert lenet["config"]["score_lr"] == 0.1 and lenet["config"]["batch_size"] == 8
+  flops = {n: r["flops_per_step"] for n, r in lenet["results"].items()}
+  changed = {f"{n}/{g}" for n in ("weight", "mask/threshold")
+             for g in ("optimizer=adam", "score_optimizer=sgd")}
+  assert set(flops) == {"weight", "mask/threshold"} | changed
+  # Adam's update does more element-wise work per weight than SGD with momentum; the weight
+  # step has no score optimizer and the mask step no weight optimizer to change (up to a few
+  # scalar FLOPs of a step count).
+  same = lambda a, b: abs(flops[a] - flops[b]) < 1e-5 * flops[a]
+  assert flops["weight/optimizer=adam"] > 1.1 * flops["weight"]
+  assert flops["mask/threshold/score_optimizer=sgd"] < flops["mask/threshold"] / 1.1
+  assert same("weight", "weight/score_optimizer=sgd")
+  assert same("mask/threshold", "mask/threshold/optimizer=adam")
+  ratios = lenet["ratios"]
+  assert set(ratios["to_unchanged"]) == changed
+  for group in ("", "/optimizer=adam", "/score_optimizer=sgd"):
+    assert ratios[f"mask_to_weight{group}"]["mask/threshold"] == pytest.approx(
+        lenet["results"][f"mask/threshold{group}"]["median_ms"]
+        / lenet["results"][f"weight{group}"]["median_ms"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("estimator=topk", "sets estimator itself"),
+    ("optimizer=rmsprop", "unknown optimizer 'rmsprop'"),
+    ("no_such_key=1", "unknown config key 'no_such_key'"),
+    ("lr=-1", "lr must be > 0")])
+@pytest.mark.parametrize("flag", ["--set", "--also"])
+def test_bad_config_overrides_exit_with_one_line(flag, override, message, capsys, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(["--models", "lenet300-100", flag, override, "--out", str(tmp_path / "b.json")])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert f"error: {flag}" in error and message in error
+  assert not (tmp_path / "b.json").exists()
 
 
 def test_datasheet_peaks_of_known_accelerators():
