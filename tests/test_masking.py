@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import random as jex_random
 
 from smjax import masking
 
@@ -48,6 +49,22 @@ def test_uniform_matches_distribution_and_key_semantics():
   assert np.sum((counts - u.size / 10) ** 2 / (u.size / 10)) < 50
   rbg = jax.random.key(3, impl="rbg")  # other key types: jax.random.uniform
   np.testing.assert_array_equal(masking.uniform(rbg, (5,)), jax.random.uniform(rbg, (5,)))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_threefry_is_jax_threefry_bit_for_bit(size):
+  """The written-out hash and `uniform` reproduce `jax.extend.random.threefry_2x32`."""
+  rng = np.random.default_rng(size)
+  key_data = jnp.asarray(rng.integers(0, 2**32, 2, dtype=np.uint32))
+  counters = jnp.asarray(rng.integers(0, 2**32, 2 * size, dtype=np.uint32))
+  x0, x1 = jax.jit(masking.threefry2x32)(key_data, counters[:size], counters[size:])
+  np.testing.assert_array_equal(jnp.concatenate([x0, x1]),
+                                jex_random.threefry_2x32(key_data, counters))
+  key = jax.random.key(size)  # uniform: the words over counters 0..size-1 (padded to even)
+  words = jex_random.threefry_2x32(jax.random.key_data(key),
+                                   jnp.arange(size + size % 2, dtype=jnp.uint32))[:size]
+  expected = jax.lax.bitcast_convert_type((words >> 9) | 0x3F800000, jnp.float32) - 1.0
+  np.testing.assert_array_equal(masking.uniform(key, (size,)), expected)
 
 
 def test_threshold_is_traceable_with_zero_cotangent():
