@@ -4,7 +4,8 @@
     python -m experiments.mnist_wrn28 --set protocol=original    # as the published code did it
     python -m experiments.mnist_wrn28 --set model=wrn28-10 --set batch_size=256
 
-Needs the prepared tfds dataset (TFDS_DATA_DIR) and is meant for a GPU/TPU. Writes
+Reads the dataset from --set data_dir=DIR (or $SMJAX_DATA_DIR): the original files or a prepared
+tfds directory. Meant for a GPU/TPU. Writes
 runs/mnist_wrn28/{mask,weight,finetune}/ and runs/mnist_wrn28/report/. See experiments/wrn28.py
 for both protocols.
 """

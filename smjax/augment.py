@@ -1,4 +1,4 @@
-"""On-device, per-example data augmentation: random flip, translation and rotation.
+"""On-device, per-example data augmentation: random crop, flip, translation and rotation.
 
 Everything is a pure function of a PRNG key and runs inside the jitted train
 step. Example `i` of a global batch draws its transform from
@@ -40,10 +40,29 @@ def affine_warp(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Arr
   return jax.vmap(warp, in_axes=-1, out_axes=-1)(image)
 
 
+def random_crop(key: jax.Array, image: jax.Array, padding: int, fill: jax.Array | float = 0.0
+                ) -> jax.Array:
+  """Pads `padding` pixels of `fill` on every side and crops the original size back at a
+  uniformly drawn offset in {0, ..., 2 * padding} per axis (the standard CIFAR-10 crop).
+
+  image: [height, width, channels]; fill: a scalar or [channels].
+  """
+  height, width, channels = image.shape
+  padded = jnp.broadcast_to(jnp.asarray(fill, image.dtype),
+                            (height + 2 * padding, width + 2 * padding, channels))
+  padded = jax.lax.dynamic_update_slice(padded, image, (padding, padding, 0))
+  row, col = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+  return jax.lax.dynamic_slice(padded, (row, col, 0), (height, width, channels))
+
+
 def random_transform(key: jax.Array, image: jax.Array, *, flip: bool, max_translate: float,
-                     max_rotate: float) -> jax.Array:
-  """One example: flip with p = 0.5, shift ~ U(+-max_translate * size), angle ~ U(+-max_rotate deg)."""
+                     max_rotate: float, crop_padding: int = 0,
+                     fill: jax.Array | float = 0.0) -> jax.Array:
+  """One example: crop after `crop_padding` pixels of `fill`, flip with p = 0.5,
+  shift ~ U(+-max_translate * size), angle ~ U(+-max_rotate deg)."""
   k_flip, k_shift, k_angle = jax.random.split(key, 3)
+  if crop_padding:  # its own key, so the other transforms draw what they drew without it
+    image = random_crop(jax.random.fold_in(key, 3), image, crop_padding, fill)
   if flip:
     image = jnp.where(jax.random.bernoulli(k_flip), flip_horizontal(image), image)
   if max_translate or max_rotate:
@@ -55,16 +74,18 @@ def random_transform(key: jax.Array, image: jax.Array, *, flip: bool, max_transl
 
 
 def augment_batch(key: jax.Array, images: jax.Array, *, flip: bool = False,
-                  max_translate: float = 0.0, max_rotate: float = 0.0,
-                  offset: jax.Array | int = 0) -> jax.Array:
+                  max_translate: float = 0.0, max_rotate: float = 0.0, crop_padding: int = 0,
+                  fill: jax.Array | float = 0.0, offset: jax.Array | int = 0) -> jax.Array:
   """images: [batch, height, width, channels] float; example i uses fold_in(key, offset + i).
 
-  With all ranges zero this is the identity.
+  `fill` is what crop padding adds (a scalar or [channels]); rotations and translations fill
+  with 0. With all ranges zero this is the identity.
   """
-  if not (flip or max_translate or max_rotate):
+  if not (flip or max_translate or max_rotate or crop_padding):
     return images
   index = offset + jnp.arange(images.shape[0])
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
   transform = lambda k, x: random_transform(k, x, flip=flip, max_translate=max_translate,
-                                            max_rotate=max_rotate)
+                                            max_rotate=max_rotate, crop_padding=crop_padding,
+                                            fill=fill)
   return jax.vmap(transform)(keys, images)

@@ -8,25 +8,49 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import shlex
 import sys
 from pathlib import Path
 
 from smjax import checkpoint, config as config_lib, data, run, runtime
 
 
-def parse_args(name: str, argv=None, doc: str | None = None) -> argparse.Namespace:
+COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr")
+
+
+def config_help(get_config) -> str:
+  """The config fields a user of this experiment most likely changes, with their defaults: the
+  common ones and every one the experiment sets away from `Config`'s default."""
+  config, base = get_config().to_dict(), config_lib.Config().to_dict()
+  keys = list(COMMON_FIELDS) + [k for k in config if config[k] != base[k] and k not in COMMON_FIELDS]
+  switches = " or ".join(f"--set {p}=..." for p in inspect.signature(get_config).parameters)
+  lines = [f"  {key} = {config[key]!r}" for key in keys]
+  return "\n".join(
+      ["config (change with --set KEY=VALUE; every field and its meaning: smjax/config.py):",
+       *lines] + ([f"{switches} also switches the settings this experiment derives from it."]
+                  if switches else []))
+
+
+def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
+                                   epilog=config_help(get_config) if get_config else None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default=None,
                       help=f"run directory (default: runs/{name} for --regime all, else "
                       f"runs/{name}/REGIME); rerun the same command to resume")
   parser.add_argument("--regime", default="all", choices=run.REGIMES,
-                      help="one mode, or all three from one initialization plus the report")
+                      help="one run, or every run of one initialization plus the report")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field (repeatable), e.g. --set lr=0.1")
+  parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                      help="--regime all once per seed in WORKDIR/seed<N>/, then the aggregated "
+                      "report in WORKDIR/report/ (mean ± std, paired t-intervals)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard the checkpoints and metrics of a run with another config")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.seeds and args.regime != "all":
+    parser.error("--seeds runs every regime of each seed; leave out --regime")
+  return args
 
 
 def build_config(get_config, overrides: list[str]) -> config_lib.Config:
@@ -39,21 +63,37 @@ def build_config(get_config, overrides: list[str]) -> config_lib.Config:
   return config_lib.with_overrides(get_config(**kwargs), overrides)
 
 
+def _record_command(workdir: Path, name: str, argv) -> None:
+  """WORKDIR/command.txt: the command that made a study, for its report (the first one kept)."""
+  path = workdir / "command.txt"
+  if not path.exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = sys.argv[1:] if argv is None else argv
+    path.write_text(" ".join(["python -m", f"experiments.{name}", *map(shlex.quote, args)]) + "\n")
+
+
 def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
   """Runs the experiment `get_config` describes; returns the process exit code."""
   runtime.configure()
-  args = parse_args(name, argv, doc)
+  args = parse_args(name, argv, doc, get_config)
   try:
     config = build_config(get_config, args.overrides)
-    if args.regime == "all":
+    if args.seeds:
+      workdir = Path(args.workdir or f"runs/{name}")
+      _record_command(workdir, name, argv)
+      print(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")
+    elif args.regime == "all":
       workdir = Path(args.workdir or f"runs/{name}")
       run.train_all(config, workdir, overwrite=args.overwrite)
       print(f"report: {workdir / 'report' / 'summary.md'}")
     else:
       workdir = Path(args.workdir or f"runs/{name}/{args.regime}")
       single = run.regime_configs(config, workdir.parent)[args.regime]
-      if config.mask_run:  # finetune from a mask run other than the sibling WORKDIR/../mask
-        single = single.replace(mask_run=config.mask_run)
+      # What the user set explicitly is not replaced by what the regime derives: with
+      # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
+      # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
+      explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
+      single = single.replace(**{k: getattr(config, k) for k in explicit})
       run.train(single, workdir, overwrite=args.overwrite)
   except (ValueError, run.RunError, data.DataError, checkpoint.CheckpointError) as err:
     print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,9 @@ SCHEDULES = ("constant", "cosine", "plateau")
 PROTOCOLS = ("clean", "original")
 WEIGHT_INITS = ("default", "signed_constant")
 DTYPES = ("float32", "bfloat16")
+PLACE_ONLY = ("data_dir",)
+FINETUNE_ONLY = ("finetune_optimizer", "finetune_lr", "finetune_epochs", "original_finetune",
+                 "mask_run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Config:
   seed: int = 0
   # Data.
   dataset: str = "digits"
-  data_dir: str = ""                  # "" = $TFDS_DATA_DIR or the tfds default
+  data_dir: str = ""                  # original files or tfds; "" = $SMJAX_DATA_DIR, $TFDS_DATA_DIR
   val_size: float = -1.0              # -1 dataset default; >= 1 examples; (0, 1) fraction; 0 none
   # Model.
   model: str = "conv2"
@@ -40,7 +43,8 @@ class Config:
   mask_biases: bool = False
   weight_init: str = "default"
   train_bn_with_mask: bool = False    # BN affine trains in mask mode (the blog code did)
-  sampled_mask_evals: int = 0         # mask mode: also test N masks drawn by the estimator
+  sampled_mask_evals: int = 0         # mask mode: also test N masks drawn by the estimator, at
+                                      # each new best epoch and the last (the reported ones)
   # Optimisation.
   optimizer: str = "sgd"              # for weights (and BN affine)
   lr: float = 0.01                    # for weights
@@ -57,13 +61,17 @@ class Config:
   keep_every_epochs: int = 0          # also keep every N-th epoch's checkpoint (0: latest + best)
   epochs: int = 30
   # Augmentation, on device, per example.
+  crop_padding: int = 0               # pixels of black padding, then a random crop (CIFAR-10: 4)
   flip: bool = False
   max_translate: float = 0.0          # fraction of the image size
   max_rotate: float = 0.0             # degrees
   # Protocol and regimes.
   protocol: str = "clean"             # "clean": best on validation; "original": best on test
+  finetune_optimizer: str = ""        # "" = the weight runs' optimizer
   finetune_lr: float = 1e-5
   finetune_epochs: int = 30
+  original_finetune: bool = False     # --regime all also fine-tunes as the published code did
+                                      # (Adam, lr 1e-5, finetune_epochs) in finetune_original/
   mask_run: str = ""                  # finetune: the mask run directory to start from
 
   def replace(self, **kwargs) -> "Config":
@@ -80,6 +88,14 @@ class Config:
     if self.model.startswith("wrn"):
       kwargs.update(dropout_rate=self.dropout_rate, downsampling=self.downsampling)
     return kwargs
+
+  def identity(self) -> dict[str, Any]:
+    """The fields that decide what this run computes: a run directory holds one identity.
+
+    Where the data lies is not part of it, nor, outside finetune mode, how a later fine-tune
+    of the same init would go."""
+    ignored = PLACE_ONLY + (FINETUNE_ONLY if self.mode != "finetune" else ())
+    return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
   @property
   def best_metric(self) -> str:
@@ -134,6 +150,7 @@ def validate(config: Config) -> None:
   choice("score_init", masking.SCORE_INITS)
   choice("optimizer", OPTIMIZERS)
   choice("score_optimizer", OPTIMIZERS)
+  choice("finetune_optimizer", ("",) + OPTIMIZERS)
   choice("schedule", SCHEDULES)
   choice("protocol", PROTOCOLS)
   choice("weight_init", WEIGHT_INITS)
@@ -157,7 +174,8 @@ def validate(config: Config) -> None:
     value = getattr(config, key)
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
-  for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals"):
+  for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals",
+              "crop_padding"):
     if getattr(config, key) < 0:
       raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
   if config.topk_fraction == 0:

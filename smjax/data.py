@@ -1,8 +1,10 @@
 """Datasets held in memory as uint8 arrays, and batching by index gather.
 
-`mnist` and `cifar10` come from tensorflow-datasets (honouring `TFDS_DATA_DIR`
-or `data_dir`); `digits` is scikit-learn's `load_digits` (1,797 real 8x8
-handwritten digits, shipped inside the package), the offline default.
+`mnist` and `cifar10` come from their original distribution files in `data_dir`
+(or `$SMJAX_DATA_DIR`; see `dataset_files`), else from a prepared
+tensorflow-datasets directory (`data_dir` or `$TFDS_DATA_DIR`); `digits` is
+scikit-learn's `load_digits` (1,797 real 8x8 handwritten digits, shipped inside
+the package), the offline default.
 Batches come shaped for the pmapped step: [devices, per_device, ...].
 """
 
@@ -13,6 +15,8 @@ import os
 from typing import Iterator
 
 import numpy as np
+
+from smjax import dataset_files
 
 DATASETS = ("digits", "mnist", "cifar10")
 # Per-channel mean and std of the [0, 1]-scaled training images.
@@ -60,7 +64,7 @@ def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-  train, test = _load_digits() if name == "digits" else _load_tfds(name, data_dir)
+  train, test = _load_digits() if name == "digits" else _load_files_or_tfds(name, data_dir)
   num_classes = 10
   val_size = DEFAULT_VAL_SIZE[name] if val_size == -1 else val_size
   if not val_size:
@@ -85,6 +89,18 @@ def _load_digits() -> tuple[Split, Split]:
           Split(images[np.sort(test_idx)], labels[np.sort(test_idx)]))
 
 
+def _load_files_or_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
+  """The original files in data_dir or $SMJAX_DATA_DIR if there, else tfds's prepared data."""
+  files_dir = data_dir or os.environ.get("SMJAX_DATA_DIR", "")
+  try:
+    paths = dataset_files.find(name, files_dir) if files_dir else None
+    if paths is not None:
+      return tuple(Split(*dataset_files.read_split(name, paths[split])) for split in ("train", "test"))
+  except dataset_files.FileError as err:
+    raise DataError(str(err)) from None
+  return _load_tfds(name, data_dir)
+
+
 def _load_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
   import absl.logging
   import tensorflow_datasets as tfds
@@ -94,11 +110,12 @@ def _load_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
     sources = [tfds.data_source(name, split=split, data_dir=data_dir, download=False)
                for split in ("train", "test")]
   except (tfds.core.DatasetNotFoundError, KeyError, NotImplementedError, AssertionError):
-    where = data_dir or tfds.core.constants.DATA_DIR
+    where = data_dir or os.environ.get("SMJAX_DATA_DIR") or tfds.core.constants.DATA_DIR
     raise DataError(
-        f"dataset {name!r} is not prepared as array_record in {where} (set TFDS_DATA_DIR or "
-        f"--set data_dir=...); on a machine with network run: pip install tensorflow-cpu && "
-        f"tfds build {name} --file_format array_record --data_dir DIR, then copy DIR here") from None
+        f"dataset {name!r}: neither its original files nor a prepared tfds copy found in {where}; "
+        f"either put the original files in a folder and pass --set data_dir=DIR (or set "
+        f"SMJAX_DATA_DIR), or prepare it with tfds (tfds build {name} --file_format array_record "
+        f"--data_dir DIR) and pass that DIR (or set TFDS_DATA_DIR)") from None
   return tuple(_read_split(source) for source in sources)
 
 

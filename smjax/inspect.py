@@ -122,7 +122,7 @@ def main(argv=None) -> int:
   parser.add_argument("--export", type=Path, metavar="FILE.npz", help="write the masks")
   parser.add_argument("--scores", action="store_true", help="with --export: the scores too")
   parser.add_argument("--compare", metavar="OTHER_WORKDIR", help="overlap with another run's mask")
-  parser.add_argument("--history", action="store_true", help="% masked per layer per checkpoint")
+  parser.add_argument("--history", action="store_true", help="%% masked per layer per checkpoint")
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:

@@ -2,13 +2,13 @@
 
     python -m smjax.report WORKDIR
 
-writes WORKDIR/report/{curves.png, mask_utilization.png, summary.md}.
+writes WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; for a multi-seed study
+(WORKDIR/seed<N>/) the aggregated report of `smjax.study`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,48 +18,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smjax import checkpoint, masking  # noqa: E402
-from smjax.workdir import read_metrics  # noqa: E402
-
-REGIMES = ("mask", "weight", "finetune")
-
-
-def best_line(lines: list[dict], metric: str) -> dict:
-  """The epoch a run's best checkpoint holds: highest `metric`, latest on ties (as orbax)."""
-  return max(lines, key=lambda m: (m[metric], m["epoch"]))
-
-
-def summarize(workdir: Path) -> dict:
-  """Per regime: epochs, best epoch and its accuracies, final accuracy; mask layer table."""
-  regimes = {}
-  for regime in REGIMES:
-    lines = read_metrics(workdir / regime)
-    if not lines:
-      continue
-    config = json.loads((workdir / regime / "config.json").read_text())
-    metric = "test_accuracy" if config["protocol"] == "original" else "val_accuracy"
-    best = best_line(lines, metric)
-    regimes[regime] = {"epochs": len(lines), "best_on": metric, "best_epoch": best["epoch"],
-                       "best_val_accuracy": best["val_accuracy"],
-                       "best_test_accuracy": best["test_accuracy"],
-                       "final_test_accuracy": lines[-1]["test_accuracy"],
-                       "masked_fraction": best["masked_fraction"], "curve": lines}
-  layers = []
-  if "mask" in regimes:
-    best = checkpoint.restore(workdir / "mask", which="best")
-    layers = masking.layer_stats(best["masks"], best["meta"].get("layers"))
-  return {"regimes": regimes, "layers": layers}
-
+from smjax import checkpoint, study  # noqa: E402
+from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402, F401  (re-exported)
 
 def plot_curves(summary: dict, path: Path) -> None:
   """Test accuracy per epoch; finetune continues from the mask run's best epoch."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   regimes = summary["regimes"]
-  for regime, color in zip(REGIMES, ("tab:blue", "tab:orange", "tab:green")):
+  for regime in REGIMES:
     if regime not in regimes:
       continue
+    color = COLORS[regime]
     curve = regimes[regime]["curve"]
-    offset = regimes["mask"]["best_epoch"] if regime == "finetune" and "mask" in regimes else 0
+    offset = regimes["mask"]["best_epoch"] if regime.startswith("finetune") and "mask" in regimes \
+        else 0
     epochs = [offset + m["epoch"] for m in curve]
     accuracy = [100 * m["test_accuracy"] for m in curve]
     if offset:  # start the continuation at the mask checkpoint it starts from
@@ -135,11 +107,14 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
-    out = write_report(args.workdir)
+    if study.seed_dirs(args.workdir):
+      summary = study.write_report(args.workdir)
+    else:
+      summary = write_report(args.workdir) / "summary.md"
   except (FileNotFoundError, checkpoint.CheckpointError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  print(out / "summary.md")
+  print(summary)
   return 0
 
 

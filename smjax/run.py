@@ -2,6 +2,7 @@
 
     train(config, workdir)       one mode (mask | weight | finetune) in one run directory
     train_all(config, workdir)   mask, weight (same init) and finetune from mask's best, then the report
+    train_seeds(config, workdir, seeds)   train_all per seed, then the aggregated report
 
 Rerunning on an existing run directory resumes from its latest readable checkpoint. SIGTERM or
 Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
@@ -27,7 +28,7 @@ from smjax import checkpoint, data, models, optim, train as train_lib, workdir a
 from smjax.config import Config, validate
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
-REGIMES = ("mask", "weight", "finetune", "all")
+REGIMES = ("mask", "weight", "finetune", "finetune_original", "all")
 
 
 class Stopped(Exception):
@@ -163,6 +164,11 @@ def _sampled_test_accuracy(p_sampled, pstate, dataset: data.Dataset, config: Con
           "test_accuracy_sampled_std": float(np.std(accuracies))}
 
 
+def _is_new_best(line: dict, workdir: Path, metric: str) -> bool:
+  """Whether `line` becomes the best checkpoint (the latest wins ties, as in orbax)."""
+  return all(line[metric] >= m[metric] for m in read_metrics(workdir))
+
+
 def _check_finite(history: list, epoch: int, first_step: int, last_good: int | None) -> None:
   bad = next((i for i, (loss, _) in enumerate(history) if not np.isfinite(loss)), None)
   if bad is not None:
@@ -174,6 +180,9 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
           dataset: data.Dataset | None = None) -> list[dict]:
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines."""
   validate(config)
+  if not overwrite and workdir_lib.finished(config, Path(workdir)):
+    print(f"{workdir}: finished ({config.epochs} epochs); nothing to do", flush=True)
+    return read_metrics(workdir)
   data.check_batch_size(config.batch_size, jax.local_device_count(), jax.process_count())
   dataset = dataset or data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
   if config.protocol == "clean" and dataset.val is None:
@@ -232,7 +241,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
           "seconds": time.perf_counter() - start_time,
           "images_per_second": steps * config.batch_size / train_seconds,
       }
-      if sample:
+      if sample and (epoch == config.epochs or _is_new_best(line, workdir, config.best_metric)):
         line.update(_sampled_test_accuracy(p_sampled, pstate, dataset, config, epoch))
       partial = [s for s in manager.all_steps() if s < int(state.step)
                  and (epoch - 1) * steps < s]
@@ -261,27 +270,51 @@ def _format_line(line: dict) -> str:
 # Regimes.
 
 
+ORIGINAL_FINETUNE = {"optimizer": "adam", "lr": 1e-5}  # the published code's fine-tune
+DERIVED_FIELDS = ("optimizer", "lr", "epochs", "mask_run")  # what regime_configs sets besides mode
+
+
 def regime_configs(config: Config, workdir: Path) -> dict[str, Config]:
-  """The three single-mode configs of `--regime all`; one seed, so one initialization."""
-  return {
-      "mask": config.replace(mode="mask"),
-      "weight": config.replace(mode="weight"),
-      "finetune": config.replace(mode="finetune", lr=config.finetune_lr,
-                                 epochs=config.finetune_epochs,
-                                 mask_run=str(workdir / "mask")),
-  }
+  """The single-mode configs of one seed, so one initialization: mask, weight, finetune
+  (finetune_optimizer / _lr / _epochs) and finetune_original (Adam at lr 1e-5 for
+  finetune_epochs, as the published code fine-tuned; part of `--regime all` with
+  `original_finetune`)."""
+  finetune = config.replace(mode="finetune", optimizer=config.finetune_optimizer or config.optimizer,
+                            lr=config.finetune_lr, epochs=config.finetune_epochs,
+                            mask_run=str(workdir / "mask"))
+  return {"mask": config.replace(mode="mask"), "weight": config.replace(mode="weight"),
+          "finetune": finetune, "finetune_original": finetune.replace(**ORIGINAL_FINETUNE)}
+
+
+def all_regimes(config: Config) -> tuple[str, ...]:
+  """The runs of `--regime all`."""
+  return ("mask", "weight", "finetune") + (("finetune_original",) if config.original_finetune else ())
 
 
 def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False) -> dict:
-  """mask, weight and finetune-from-mask's-best in WORKDIR/{mask,weight,finetune}, then the report."""
+  """mask, weight and finetune-from-mask's-best (and finetune_original) in WORKDIR/<regime>,
+  then the report. Finished runs are not started again."""
   from smjax import report
   workdir = Path(workdir)
-  configs = regime_configs(config, workdir)
+  configs = {r: c for r, c in regime_configs(config, workdir).items() if r in all_regimes(config)}
   for cfg in configs.values():
     validate(cfg)
-  dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
-  results = {}
+  dataset, results = None, {}
   for regime, cfg in configs.items():
+    if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / regime)):
+      dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
     results[regime] = train(cfg, workdir / regime, overwrite=overwrite, dataset=dataset)
   report.write_report(workdir)
   return results
+
+
+def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
+                overwrite: bool = False) -> Path:
+  """`--regime all` once per seed in WORKDIR/seed<N>/, then the aggregated report in
+  WORKDIR/report/; returns its summary.md. Rerunning resumes; finished seeds are skipped."""
+  from smjax import study
+  workdir = Path(workdir)
+  for seed in seeds:
+    print(f"seed {seed}", flush=True)
+    train_all(config.replace(seed=seed), workdir / f"seed{seed}", overwrite=overwrite)
+  return study.write_report(workdir)

@@ -7,7 +7,7 @@ Both must be in place before the work starts, so `configure()` runs first thing 
   weight-gradient convolutions, windows as large as the feature map, run at a fraction of the
   speed of Eigen's). `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` hands
   convolutions back to Eigen and keeps YNNPACK's dots: WRN-16-4's step 1.5x faster on CPU
-  (experiments/benchmark.py, docs/benchmarks/). Skipped when XLA_FLAGS already names the option.
+  (benchmarks/suite.py, docs/benchmarks/). Skipped when XLA_FLAGS already names the option.
 * glibc's malloc returns large freed blocks to the OS and maps new ones for every step's
   activations; the same step then varies 2x between runs. The `MALLOC_*` settings below keep the
   heap instead; set with `mallopt` unless the variable is already in the environment. One arena

@@ -137,7 +137,8 @@ def make_train_step(model: nn.Module, config: Config, axis_name: str | None = No
     images = _preprocess(batch["image"], config.dataset)
     images = augment.augment_batch(k_aug, images, flip=config.flip,
                                    max_translate=config.max_translate,
-                                   max_rotate=config.max_rotate, offset=offset)
+                                   max_rotate=config.max_rotate, crop_padding=config.crop_padding,
+                                   fill=_preprocess(jnp.zeros(()), config.dataset), offset=offset)
     if axis_name:
       k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
 

@@ -31,8 +31,7 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
   """Writes config.json; refuses a workdir that holds a run of another config."""
   path = workdir / "config.json"
   if path.exists() and not overwrite:
-    previous = json.loads(path.read_text())
-    diff = sorted(k for k, v in config.to_dict().items() if previous.get(k) != v)
+    diff = config_diff(config, workdir)
     if diff:
       raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
                      "use another --workdir or --overwrite")
@@ -42,6 +41,19 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
   workdir.mkdir(parents=True, exist_ok=True)
   write_json_atomic(path, config.to_dict())
+
+
+def config_diff(config: Config, workdir: Path) -> list[str]:
+  """The fields in which `config` differs from the run in `workdir` (fields added since that
+  run was written count as their defaults)."""
+  previous = {**Config().to_dict(), **json.loads((workdir / "config.json").read_text())}
+  return sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+
+
+def finished(config: Config, workdir: Path) -> bool:
+  """Whether `workdir` holds a run of `config` with every epoch done."""
+  return ((workdir / "config.json").exists() and not config_diff(config, workdir)
+          and len(read_metrics(workdir)) >= config.epochs)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

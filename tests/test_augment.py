@@ -53,3 +53,35 @@ def test_offset_makes_shards_agree_with_the_global_batch():
   whole = augment.augment_batch(jax.random.key(3), IMAGES, **kw)
   second = augment.augment_batch(jax.random.key(3), IMAGES[3:], offset=3, **kw)
   np.testing.assert_array_equal(whole[3:], second)
+
+
+@pytest.mark.parametrize("padding", [1, 4])
+def test_random_crop_is_a_window_of_the_padded_image(padding):
+  image = np.asarray(IMAGES[0])
+  fill = np.array([-1.0, -2.0, -3.0], np.float32)
+  padded = np.tile(fill, (9 + 2 * padding, 9 + 2 * padding, 1))
+  padded[padding:padding + 9, padding:padding + 9] = image
+  windows = {(r, c): padded[r:r + 9, c:c + 9] for r in range(2 * padding + 1)
+             for c in range(2 * padding + 1)}
+  crop = jax.jit(augment.random_crop, static_argnums=2)
+  seen = set()
+  for i in range(60):
+    out = np.asarray(crop(jax.random.key(i), IMAGES[0], padding, fill))
+    match = [offset for offset, window in windows.items() if np.array_equal(out, window)]
+    assert len(match) == 1
+    seen.add(match[0])
+  assert len(seen) > (2 * padding + 1) ** 2 // 2  # the offsets are drawn, not fixed
+  assert (padding, padding) in windows and np.array_equal(windows[padding, padding], image)
+
+
+def test_crop_leaves_the_other_transforms_draws_unchanged():
+  kw = dict(flip=True, max_translate=0.0, max_rotate=0.0)
+  plain = augment.augment_batch(jax.random.key(4), IMAGES, **kw)
+  cropped = augment.augment_batch(jax.random.key(4), IMAGES, crop_padding=4, **kw)
+  flipped = [not np.array_equal(p, x) for p, x in zip(np.asarray(plain), np.asarray(IMAGES))]
+  # the crop moves content but a flip still mirrors exactly the examples it mirrored before
+  for out, was_flipped, image in zip(np.asarray(cropped), flipped, np.asarray(IMAGES)):
+    unflipped = out[:, ::-1] if was_flipped else out
+    windows = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    assert any(np.array_equal(unflipped, windows[r:r + 9, c:c + 9])
+               for r in range(9) for c in range(9))

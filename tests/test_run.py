@@ -138,6 +138,30 @@ def test_reusing_a_workdir_with_another_config_is_refused(tmp_path, capsys):
   assert "differs in: epochs, lr" in capsys.readouterr().err
 
 
+def test_a_moved_dataset_or_a_field_added_since_is_not_another_config(tmp_path):
+  config = TINY.replace(mode="mask", epochs=1)
+  run.train(config, tmp_path)
+  path = tmp_path / "config.json"
+  older = json.loads(path.read_text())
+  del older["crop_padding"]  # a run written before the field existed, at its default
+  path.write_text(json.dumps(older))
+  assert len(run.train(config.replace(data_dir="/elsewhere"), tmp_path)) == 1
+  with pytest.raises(run.RunError, match="differs in: crop_padding"):
+    run.train(config.replace(crop_padding=2), tmp_path)
+
+
+def test_sampled_masks_are_tested_at_each_new_best_and_the_last_epoch(tmp_path):
+  config = TINY.replace(mode="mask", epochs=4, estimator="bernoulli", score_init_value=0.0,
+                        sampled_mask_evals=2)
+  lines = run.train(config, tmp_path)
+  for i, line in enumerate(lines):
+    reported = i == len(lines) - 1 or all(line["val_accuracy"] >= m["val_accuracy"]
+                                          for m in lines[:i])
+    assert ("test_accuracy_sampled_mean" in line) == reported, (i, lines)
+  assert any("test_accuracy_sampled_mean" not in m for m in lines) or \
+      all(a["val_accuracy"] <= b["val_accuracy"] for a, b in zip(lines, lines[1:]))
+
+
 def test_steps_per_call_runs_every_step_once(tmp_path):
   config = TINY.replace(mode="mask", epochs=2, steps_per_call=4)
   steps = len(data.load("digits", val_size=100).train) // 64  # 26: six calls of 4, one of 2
@@ -158,3 +182,20 @@ def test_bfloat16_compute_stays_within_a_point_of_float32(tmp_path):
   f32 = last(run.train(config, tmp_path / "f32"))
   bf16 = last(run.train(config.replace(dtype="bfloat16"), tmp_path / "bf16"))
   assert f32 > 0.9 and abs(f32 - bf16) <= 0.01, (f32, bf16)
+
+
+@pytest.mark.parametrize("regime", ["finetune", "finetune_original"])
+def test_explicit_settings_are_never_replaced_by_what_a_regime_derives(monkeypatch, regime):
+  seen = []
+  monkeypatch.setattr(run, "train", lambda config, workdir, **kw: seen.append(config))
+  explicit = {"optimizer": "adam", "lr": 0.25, "epochs": 3, "mask_run": "elsewhere/mask"}
+  assert set(explicit) == set(run.DERIVED_FIELDS)
+  for key, value in explicit.items():
+    cli.main(digits.get_config, "digits", ["--regime", regime, "--set", f"{key}={value}"])
+    assert getattr(seen[-1], key) == value, key
+    assert seen[-1].mode == "finetune"
+  cli.main(digits.get_config, "digits", ["--regime", regime, "--workdir", "w/finetune"])
+  derived = seen[-1]
+  expected = {"finetune": ("sgd", 0.01), "finetune_original": ("adam", 1e-5)}[regime]
+  assert (derived.optimizer, derived.lr, derived.epochs) == (*expected, 30)
+  assert derived.mask_run == "w/mask"

@@ -10,7 +10,7 @@ transforms would instead sum 36 dilated pads, which XLA fuses into the BatchNorm
 consumes them and recomputes there (a slower step than XLA's own convolutions).
 
 XLA:CPU runs convolutions with Eigen's direct kernels; on WRN-16-4's 3x3 stride-1 layers this
-is faster in the forward pass and both gradients (`experiments/benchmark_conv.py`). GPU
+is faster in the forward pass and both gradients (`benchmarks/conv.py`). GPU
 libraries pick their own algorithms (Winograd among them), so `conv_function("auto", ...)` uses
 it on CPU only. Float32 only: the transforms' factors (up to 8 and down to 1/24) cost precision
 that bfloat16 does not have to spare.

@@ -1,8 +1,8 @@
 """Per-convolution benchmark: where a network's step time goes, layer shape by layer shape.
 
-    python -m experiments.benchmark_conv                              # wrn16-4, batch 128
-    python -m experiments.benchmark_conv --torch                      # + PyTorch, same shapes
-    python -m experiments.benchmark_conv --model conv6 --out runs/benchmark_conv6.json
+    python -m benchmarks.conv                              # wrn16-4, batch 128
+    python -m benchmarks.conv --torch                      # + PyTorch, same shapes
+    python -m benchmarks.conv --model conv6 --out runs/benchmark_conv6.json
 
 Records every distinct convolution of the model (input shape, kernel, strides, padding) and
 times its forward pass, input gradient and weight gradient, each jitted alone, as XLA lowers
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmark import write_report
+from benchmarks.common import write_report
 from smjax import models, runtime
 from smjax.models import winograd
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator benchmarks behind the README's GPU table, one process per measurement:
 #
-#     bash experiments/benchmark_gpu.sh [OUTDIR]      # default runs/benchmark_gpu
+#     bash benchmarks/gpu.sh [OUTDIR]      # default runs/benchmark_gpu
 #
 # 1. lenet300-100, bfloat16: one jitted call per step against a scan of 8 and of 64 steps.
 # 2. WRN-28-10 (CIFAR-10 shapes, batch 128, bfloat16): weight and mask step, and an epoch of
@@ -34,13 +34,13 @@ flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.device
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm \
   --format=csv,noheader
 
-step 120 experiments.benchmark --models lenet300-100 --dtype bfloat16 --steps 30 --warmup 3 \
+step 120 benchmarks.suite --models lenet300-100 --dtype bfloat16 --steps 30 --warmup 3 \
   --steps-per-call 8 --out "$out/lenet300-100_k8.json"
-step 330 experiments.benchmark --models "$wrn" --dtype bfloat16 --estimators threshold \
+step 330 benchmarks.suite --models "$wrn" --dtype bfloat16 --estimators threshold \
   --steps-per-call 1 --steps 10 --warmup 2 --epoch-steps "$epoch_steps" --out "$out/$wrn.json"
 step 180 experiments.digits --workdir "$out/digits" --overwrite
-step 60 experiments.benchmark --models lenet300-100 --dtype bfloat16 --estimators threshold \
+step 60 benchmarks.suite --models lenet300-100 --dtype bfloat16 --estimators threshold \
   --steps 30 --warmup 3 --steps-per-call 64 --out "$out/lenet300-100_k64.json"
-step 200 experiments.benchmark --models "$wrn" --dtype bfloat16 --modes mask \
+step 200 benchmarks.suite --models "$wrn" --dtype bfloat16 --modes mask \
   --steps-per-call 1 --steps 10 --warmup 2 --out "$out/${wrn}_estimators.json"
-step 60 experiments.benchmark_topk --model "$wrn" --out "$out/topk_$wrn.json"
+step 60 benchmarks.topk --model "$wrn" --out "$out/topk_$wrn.json"

@@ -1,7 +1,7 @@
 """The PyTorch way, for comparison: WRN-16-4 mask-mode train step with a custom autograd mask.
 
 Optional (`pip install torch==2.13.0`; torch is not a dependency of smjax). Used by
-`python -m experiments.benchmark --torch`, which times these steps interleaved with the JAX ones
+`python -m benchmarks.suite --torch`, which times these steps interleaved with the JAX ones
 in the same process. The network matches `smjax.models.get("wrn16-4")`: pre-activation blocks,
 1x1 projection shortcuts, BN, global average pooling; every conv and linear weight is frozen and
 masked by `1[sigmoid(score) > 0.5]` with the straight-through gradient `g * sigmoid'(score)`;

@@ -1,8 +1,11 @@
 """Does the input side slow training down? Batching, augmentation, and an epoch vs. its steps.
 
-    python -m experiments.benchmark_input --out runs/benchmark_input.json
+    python -m benchmarks.input_pipeline --out runs/benchmark_input.json
 
-Measures, on synthetic uint8 data of MNIST and CIFAR-10 shapes:
+Measures loading MNIST and CIFAR-10 from their original files (`--data-dir`, default
+$SMJAX_DATA_DIR; skipped without one): the first load, which verifies every file's md5, and the
+median of later loads, which reuse the verification. Then, on synthetic uint8 data of MNIST and
+CIFAR-10 shapes:
   - host batching (shuffled index gather, device-shaped) in images/s;
   - on-device augmentation (flip + translation + rotation, jitted) in images/s;
   - per model: the wall time of one epoch through `smjax.run.train_epoch` (the loop the runs
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import jax
 import numpy as np
 
-from experiments.benchmark import RUNTIME, machine, write_report
+from benchmarks.common import RUNTIME, machine, write_report
 from smjax import augment, data, models, run, runtime, train
 from smjax.config import Config, with_overrides
 
@@ -31,6 +35,24 @@ def synthetic(shape, n, seed=0) -> data.Dataset:
   split = data.Split(rng.integers(0, 256, (n, *shape), np.uint8),
                      rng.integers(0, 10, n).astype(np.int32))
   return data.Dataset("synthetic", split, None, split, 10)
+
+
+def loading_seconds(data_dir: str, repeats: int = 3) -> dict:
+  """Seconds to load each dataset (train, validation and test splits) from its original files:
+  the first, verifying load in a fresh verification cache, and the median of `repeats` more."""
+  import tempfile
+  from unittest import mock
+  report = {}
+  with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, SMJAX_CACHE_DIR=cache):
+    for name in ("mnist", "cifar10"):
+      times = []
+      for _ in range(repeats + 1):
+        start = time.perf_counter()
+        dataset = data.load(name, data_dir=data_dir)
+        times.append(time.perf_counter() - start)
+      report[name] = {"images": len(dataset.train) + len(dataset.val) + len(dataset.test),
+                      "first_seconds": times[0], "seconds": statistics.median(times[1:])}
+  return report
 
 
 def batching_rate(dataset: data.Dataset, batch: int) -> float:
@@ -101,9 +123,18 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--out", default="runs/benchmark_input.json")
+  parser.add_argument("--data-dir", default=os.environ.get("SMJAX_DATA_DIR", ""),
+                      help="the original MNIST / CIFAR-10 files, for the loading times")
+  parser.add_argument("--only-loading", action="store_true")
   args = parser.parse_args(argv)
   report = {"batch": args.batch, "machine": machine(), "batching": {}, "augmentation": {},
             "epoch": {}}
+  if args.data_dir:
+    report["loading"] = loading_seconds(args.data_dir)
+    print("loading", json.dumps(report["loading"]), flush=True)
+  if args.only_loading:
+    write_report(report, args.out)
+    return report
   for model_name, (dataset_name, shape, n) in CASES.items():
     dataset = synthetic(shape, n)
     report["batching"][dataset_name] = {"images_per_second": batching_rate(dataset, args.batch)}

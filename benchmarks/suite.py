@@ -1,10 +1,10 @@
 """Benchmark suite: step time, throughput, FLOPs, memory, dispatch and input overhead.
 
-    python -m experiments.benchmark                                   # lenet300-100, conv6, wrn16-4
-    python -m experiments.benchmark --models wrn16-4 --modes weight mask --estimators threshold
-    python -m experiments.benchmark --dtype bfloat16 --out runs/benchmark_bf16.json
-    python -m experiments.benchmark --torch                           # + PyTorch WRN-16-4 side by side
-    python -m experiments.benchmark --models lenet300-100 --also optimizer=adam  # + Adam weights
+    python -m benchmarks.suite                                   # lenet300-100, conv6, wrn16-4
+    python -m benchmarks.suite --models wrn16-4 --modes weight mask --estimators threshold
+    python -m benchmarks.suite --dtype bfloat16 --out runs/benchmark_bf16.json
+    python -m benchmarks.suite --torch                           # + PyTorch WRN-16-4 side by side
+    python -m benchmarks.suite --models lenet300-100 --also optimizer=adam  # + Adam weights
 
 Per model and mode (mask mode once per estimator), after warm-up and interleaved round-robin so
 drift hits every variant alike: median ms per train step of one jitted call per step (dispatched
@@ -24,57 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 from jax.extend import core as jax_core
 
+from benchmarks.common import RUNTIME, interleaved, machine, write_report
 from smjax import config as config_lib
 from smjax import masking, models, runtime, train
 from smjax.config import Config
 from smjax.models import winograd
 
-MALLOC_VARS = tuple(runtime.MALLOC_SETTINGS)
 SHAPES = {"lenet300-100": ("mnist", (28, 28, 1))}
 DEFAULT_SHAPE = ("cifar10", (32, 32, 3))
-RUNTIME = {}  # what runtime.configure() set in this process
-
-
-# Dense peak FLOP/s of one chip by the vendors' datasheets, first match of the device kind wins.
-PEAK_FLOPS = (("H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
-              ("H100", {"bfloat16": 989e12, "float32": 67e12}),
-              ("H200", {"bfloat16": 989e12, "float32": 67e12}),
-              ("A100", {"bfloat16": 312e12, "float32": 19.5e12}))
-
-
-def peak_flops(device_kind: str) -> dict[str, float] | None:
-  """{'bfloat16': FLOP/s, 'float32': FLOP/s} of a known accelerator, else None."""
-  return next((peak for name, peak in PEAK_FLOPS if name in device_kind), None)
-
-
-def machine() -> dict:
-  device = jax.local_devices()[0]
-  kind = getattr(device, "device_kind", str(device))
-  return {"platform": platform.platform(), "processor": platform.processor(),
-          "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-          "device": kind, "peak_flops_per_second": peak_flops(kind),
-          "devices": len(jax.local_devices()),
-          "allocator_env": {k: os.environ.get(k) for k in MALLOC_VARS},
-          "allocator_mallopt": RUNTIME.get("malloc", {}),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
-def write_report(report: dict, path: str) -> None:
-  """The benchmark's JSON, with its folder made."""
-  out = Path(path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
-  print(f"-> {out}")
 
 
 def _conv_flops(eqn: jax_core.JaxprEqn) -> int:
@@ -172,23 +136,6 @@ class Variant:
     return (time.perf_counter() - start) / (self.k * len(self.batches))
 
 
-def interleaved(calls: dict, steps: int, warmup: int) -> dict[str, list[float]]:
-  """Round-robin timing of several zero-argument callables returning seconds.
-
-  Each round starts one variant later, so that no variant always runs right after the same
-  one (a JAX step right after a PyTorch one, for instance).
-  """
-  for call in calls.values():
-    for _ in range(warmup):
-      call()
-  names = list(calls)
-  times = {name: [] for name in names}
-  for round_ in range(steps):
-    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-      times[name].append(calls[name]())
-  return times
-
-
 def benchmark_model(name: str, args, peak: float | None = None) -> dict:
   dataset, shape = SHAPES.get(name, DEFAULT_SHAPE)
   first, *others = args.conv_algorithms
@@ -215,7 +162,7 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
       variants[f"{n}/scan"].flops = variants[n].flops
   calls = {n: v.call for n, v in variants.items()}
   if args.torch and name == "wrn16-4":
-    from experiments import benchmark_torch
+    from benchmarks import torch_peer as benchmark_torch
     calls.update(benchmark_torch.calls(args.batch))
   times = interleaved(calls, args.steps, args.warmup)
   results = {}
@@ -253,7 +200,7 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
         if "mask/threshold" in results else None)
   out = {"input_shape": shape, "config": base.to_dict(), "results": results, "ratios": ratios}
   if args.epoch_steps:
-    from experiments.benchmark_input import epoch_vs_steps, synthetic
+    from benchmarks.input_pipeline import epoch_vs_steps, synthetic
     out["epoch"] = epoch_vs_steps(name, dataset, synthetic(shape, args.epoch_steps * args.batch),
                                   args.batch, dtype=args.dtype, overrides=args.set)
   return out

@@ -1,6 +1,6 @@
 """Top-k's k-th value: a counting search against a sort, on every masked layer of a model.
 
-    python -m experiments.benchmark_topk --model wrn28-10 --out runs/benchmark_topk.json
+    python -m benchmarks.topk --model wrn28-10 --out runs/benchmark_topk.json
 
 Times one jitted call that builds the top-k mask of every maskable kernel of the model (the
 work `topk_ste` adds to a mask-mode step) with each method of `masking.KTH_LARGEST`, on
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmark import RUNTIME, interleaved, machine, write_report
+from benchmarks.common import RUNTIME, interleaved, machine, write_report
 from smjax import masking, models, runtime
 from smjax.config import Config
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark, benchmark_topk
+from benchmarks import common, suite as benchmark, topk as benchmark_topk
 
 
 def test_benchmark_suite_writes_the_report(tmp_path):
@@ -87,10 +87,10 @@ def test_bad_config_overrides_exit_with_one_line(flag, override, message, capsys
 
 
 def test_datasheet_peaks_of_known_accelerators():
-  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3")["bfloat16"] == 989e12
-  assert benchmark.peak_flops("NVIDIA H100 PCIe")["bfloat16"] == 756e12
-  assert benchmark.peak_flops("NVIDIA H200")["float32"] == 67e12
-  assert benchmark.peak_flops("cpu") is None
+  assert common.peak_flops("NVIDIA H100 80GB HBM3")["bfloat16"] == 989e12
+  assert common.peak_flops("NVIDIA H100 PCIe")["bfloat16"] == 756e12
+  assert common.peak_flops("NVIDIA H200")["float32"] == 67e12
+  assert common.peak_flops("cpu") is None
 
 
 def test_per_step_and_scanned_variants_follow_the_same_trajectory():
@@ -105,7 +105,7 @@ def test_per_step_and_scanned_variants_follow_the_same_trajectory():
 
 
 def test_convolution_benchmark_times_every_distinct_conv(tmp_path):
-  from experiments import benchmark_conv
+  from benchmarks import conv as benchmark_conv
   report = benchmark_conv.main(["--model", "wrn10-1", "--input-shape", "8", "8", "3",
                                 "--batch", "2", "--steps", "1", "--out", str(tmp_path / "c.json")])
   layers = report["layers"]
@@ -124,7 +124,7 @@ def test_convolution_benchmark_times_every_distinct_conv(tmp_path):
 def test_interleaved_rounds_rotate_which_variant_runs_first():
   order = []
   calls = {name: (lambda name=name: order.append(name) or 1.0) for name in "abc"}
-  times = benchmark.interleaved(calls, steps=3, warmup=1)
+  times = common.interleaved(calls, steps=3, warmup=1)
   assert times == {name: [1.0] * 3 for name in "abc"}
   assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
 
@@ -160,8 +160,8 @@ def test_matmul_flops_counts_dots_convolutions_and_their_gradients():
 
 
 def test_gpu_script_parses_and_names_existing_modules():
-  script = Path(__file__).parents[1] / "experiments" / "benchmark_gpu.sh"
+  script = Path(__file__).parents[1] / "benchmarks" / "gpu.sh"
   subprocess.run(["bash", "-n", str(script)], check=True)
-  modules = set(re.findall(r"^step \d+ (experiments\.\w+)", script.read_text(), re.M))
-  assert modules == {"experiments.benchmark", "experiments.digits", "experiments.benchmark_topk"}
+  modules = set(re.findall(r"^step \d+ ((?:experiments|benchmarks)\.\w+)", script.read_text(), re.M))
+  assert modules == {"benchmarks.suite", "experiments.digits", "benchmarks.topk"}
   assert all(importlib.util.find_spec(m) for m in modules)

@@ -1,0 +1,92 @@
+"""Multi-seed studies: aggregation against hand-computed values, and a 2-seed study end to end."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import digits
+from smjax import checkpoint, cli, data, report, study, summary
+
+T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
+
+
+def numbers(best, final=0.5, to_99=3, masked=0.0, sampled=None):
+  return {"best_test_accuracy": best, "final_test_accuracy": final, "epochs_to_99": to_99,
+          "masked_fraction": masked, "sampled_test_accuracy": sampled}
+
+
+def test_aggregation_matches_hand_computed_values():
+  per_seed = {
+      0: {"weight": numbers(0.90, to_99=4), "finetune": numbers(0.91), "mask": numbers(0.80, masked=0.1)},
+      1: {"weight": numbers(0.92, to_99=6), "finetune": numbers(0.95), "mask": numbers(0.83, masked=0.2)},
+      2: {"weight": numbers(0.94, to_99=8), "finetune": numbers(0.96), "mask": numbers(0.86, masked=0.3)},
+  }
+  out = study.aggregate(per_seed)
+  weight = out["regimes"]["weight"]
+  assert weight["best_test_accuracy"]["mean"] == pytest.approx(0.92)
+  assert weight["best_test_accuracy"]["std"] == pytest.approx(0.02)  # sqrt((4 + 0 + 4) / 2) / 100
+  assert weight["epochs_to_99"]["mean"] == 6 and weight["epochs_to_99"]["std"] == pytest.approx(2)
+  assert out["regimes"]["mask"]["masked_fraction"]["std"] == pytest.approx(0.1)
+  assert out["regimes"]["mask"]["sampled_test_accuracy"]["n"] == 0
+  diff = out["paired_vs_weight"]["finetune"]  # differences 0.01, 0.03, 0.02
+  assert diff["n"] == 3 and diff["mean"] == pytest.approx(0.02) and diff["std"] == pytest.approx(0.01)
+  half = T_975_2DF * 0.01 / np.sqrt(3)
+  assert (diff["low"], diff["high"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+  mask = out["paired_vs_weight"]["mask"]  # -0.10, -0.09, -0.08
+  assert mask["mean"] == pytest.approx(-0.09) and mask["high"] < 0
+  assert "weight" not in out["paired_vs_weight"]
+
+
+def test_one_seed_has_no_spread_and_no_interval():
+  out = study.aggregate({3: {"weight": numbers(0.9), "finetune": numbers(0.95)}})
+  assert out["regimes"]["weight"]["best_test_accuracy"]["std"] is None
+  assert out["paired_vs_weight"]["finetune"]["low"] is None
+  assert "n = 1" in study.summary_markdown({**out, "per_seed": {}, "layers": [], "command": None,
+                                            "epoch_seconds": {"weight": 7.0}, "jax_version": "x",
+                                            "machine": "m"})
+
+
+def test_epochs_to_99_is_the_first_epoch_within_1_percent_of_the_runs_best():
+  curve = [{"epoch": i + 1, "test_accuracy": a} for i, a in enumerate([0.5, 0.93, 0.95, 0.94])]
+  regime = {"curve": curve, "best_epoch": 4, "best_test_accuracy": 0.94, "final_test_accuracy": 0.94,
+            "masked_fraction": 0.0}
+  assert study.run_numbers(regime)["epochs_to_99"] == 3  # 0.99 * 0.95 = 0.9405 > 0.93
+
+
+@pytest.mark.slow
+def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, capsys):
+  sets = ["model=lenet300-100", "epochs=2", "finetune_epochs=1", "batch_size=64", "val_size=100",
+          "original_finetune=true"]
+  args = ["--workdir", str(tmp_path), "--seeds", "0", "1", *[a for s in sets for a in ("--set", s)]]
+  assert cli.main(digits.get_config, "digits", args) == 0
+  files = {"summary.md", "study.json", "curves.png", "mask_utilization.png"}
+  assert {p.name for p in (tmp_path / "report").iterdir()} == files
+  result = json.loads((tmp_path / "report" / "study.json").read_text())
+  assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(summary.REGIMES)
+  assert result["paired_vs_weight"]["finetune"]["n"] == 2
+  assert result["command"].startswith("python -m experiments.digits --workdir")
+  for seed in (0, 1):
+    config = json.loads((tmp_path / f"seed{seed}" / "mask" / "config.json").read_text())
+    assert config["seed"] == seed
+    best = checkpoint.restore(tmp_path / f"seed{seed}" / "mask", which="best")["masks"]
+    for regime in ("finetune", "finetune_original"):
+      frozen = checkpoint.restore(tmp_path / f"seed{seed}" / regime, which="latest")["state"]["masks"]
+      for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(frozen), strict=True):
+        assert np.array_equal(a, np.asarray(b) != 0)
+  original = json.loads((tmp_path / "seed0" / "finetune_original" / "config.json").read_text())
+  assert (original["optimizer"], original["lr"]) == ("adam", 1e-5)
+  # each seed is its own initialization
+  init = lambda seed: checkpoint.restore(tmp_path / f"seed{seed}" / "mask")["state"]["trainable"]
+  a, b = jax.tree.leaves(init(0)["params"]), jax.tree.leaves(init(1)["params"])
+  assert not any(np.array_equal(x, y) for x, y in zip(a, b) if x.ndim == 2)
+
+  monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("a finished seed loaded data"))
+  capsys.readouterr()
+  assert cli.main(digits.get_config, "digits", args) == 0
+  assert capsys.readouterr().out.count("finished (") == 8  # 2 seeds x 4 runs, one line each
+  (tmp_path / "report" / "study.json").unlink()
+  assert report.main([str(tmp_path)]) == 0
+  rebuilt = json.loads((tmp_path / "report" / "study.json").read_text())
+  assert rebuilt == result
