@@ -11,6 +11,9 @@ Every checkpoint holds three items:
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +23,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from smjax.config import best_metric
+
 ITEMS = ("state", "masks", "meta")
+# What orbax logs at WARNING about settings this module chose on purpose (read-only managers
+# for reading); nothing a user can act on. Other orbax warnings still show.
+EXPECTED_WARNINGS = ("CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
+                     "Given directory is read only=")
+
+
+class _DropExpectedWarnings(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in EXPECTED_WARNINGS)
+
+
+logging.getLogger("absl").addFilter(_DropExpectedWarnings())
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +48,20 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
   return Path(workdir) / "checkpoints"
 
 
+@dataclasses.dataclass(frozen=True)
+class _SkippingNameFormat:
+  """Orbax's step naming with some steps left out: a read-only manager must not open the
+  checkpoints whose saved metrics are damaged (orbax parses them all on opening)."""
+  base: Any
+  skip: frozenset
+
+  def find_all(self, base_path):
+    return (m for m in self.base.find_all(base_path) if m.step not in self.skip)
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)
+
+
 def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy",
                  read_only: bool = False, keep_every_steps: int = 0) -> ocp.CheckpointManager:
   """Keeps the 2 latest checkpoints, the best one by `best_metric` (higher is better) and,
@@ -39,6 +70,12 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
   Saves are synchronous and atomic: orbax writes a temporary directory and renames it.
   """
   metric = lambda metrics: metrics[best_metric]
+  if read_only:  # ranking is best_step's, which reads what is readable
+    skip = frozenset(damaged_metrics(directory))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False, read_only=True, create=False,
+        step_name_format=_SkippingNameFormat(ocp.step.standard_name_format(), skip))
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=ITEMS)
   policies = [ocp.checkpoint_managers.LatestN(n=2),
               ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1)]
   if keep_every_steps:
@@ -47,8 +84,7 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
   # best_fn only makes the manager persist metrics and answer best_step();
   # which checkpoints survive is decided by the preservation policy.
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=None if read_only else policy, best_fn=metric, best_mode="max",
-      enable_async_checkpointing=False, read_only=read_only, create=not read_only)
+      preservation_policy=policy, best_fn=metric, best_mode="max", enable_async_checkpointing=False)
   return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=ITEMS)
 
 
@@ -70,15 +106,51 @@ def restore_state(manager: ocp.CheckpointManager, step: int, target: Any) -> tup
   return restored["state"], dict(restored["meta"])
 
 
-def quarantine(manager: ocp.CheckpointManager, step: int) -> Path:
-  """Moves a damaged checkpoint out of the manager's directory (kept for a post-mortem)."""
-  source = Path(manager.directory) / str(step)
-  target = Path(manager.directory).parent / "checkpoints_damaged" / str(step)
+def quarantine(directory: str | os.PathLike, step: int) -> Path:
+  """Moves a damaged checkpoint out of `directory` into a sibling `checkpoints_damaged/`
+  (kept for a post-mortem); a manager open on `directory` needs `reload()` after it."""
+  source = Path(directory) / str(step)
+  target = Path(directory).parent / "checkpoints_damaged" / str(step)
   target.parent.mkdir(exist_ok=True)
   shutil.rmtree(target, ignore_errors=True)
   shutil.move(str(source), str(target))
-  manager.reload()
   return target
+
+
+def _saved_metrics(directory: Path) -> dict[int, dict | None]:
+  """Per step directory, the metrics orbax saved beside it ({} for none, None if damaged).
+  Orbax's manager parses these on opening, so one damaged file would stop it opening at all."""
+  found = {}
+  for step_dir in directory.iterdir() if directory.is_dir() else ():
+    if step_dir.name.isdigit():
+      path = step_dir / "metrics" / "metrics"
+      try:
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+      except (ValueError, UnicodeDecodeError):
+        metrics = None
+      found[int(step_dir.name)] = metrics if isinstance(metrics, dict) else None
+  return found
+
+
+def damaged_metrics(directory: str | os.PathLike) -> list[int]:
+  """The steps in `directory` whose saved metrics file is unreadable."""
+  return sorted(s for s, m in _saved_metrics(Path(directory)).items() if m is None)
+
+
+def _best_metric(directory: str | os.PathLike) -> str:
+  """The metric the run that owns `directory` ranks its checkpoints by."""
+  try:
+    return best_metric(json.loads((Path(directory).parent / "config.json").read_text())["protocol"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return best_metric("")
+
+
+def best_step(directory: str | os.PathLike, best_metric: str = "val_accuracy") -> int | None:
+  """The step with the highest saved `best_metric` (the latest wins ties, as in orbax);
+  checkpoints whose metrics are missing or damaged do not compete."""
+  ranked = [(m[best_metric], s) for s, m in _saved_metrics(Path(directory)).items()
+            if m and best_metric in m]
+  return max(ranked)[1] if ranked else None
 
 
 def _unreadable(path: Path, err: Exception) -> str:
@@ -115,7 +187,11 @@ def restore(path: str | os.PathLike, step: int | None = None, which: str = "best
   step = step if step is not None else path_step
   saved = manager.all_steps()
   if step is None:
-    step = manager.best_step() if which == "best" else manager.latest_step()
+    step = best_step(manager.directory, _best_metric(manager.directory)) if which == "best" \
+        else manager.latest_step()
+  if step in damaged_metrics(manager.directory):
+    raise CheckpointError(_unreadable(Path(manager.directory) / str(step),
+                                      ValueError("its saved metrics are damaged")))
   if step not in saved:
     raise CheckpointError(f"no checkpoint for step {step} in {manager.directory}; "
                           f"saved steps: {sorted(saved)}")

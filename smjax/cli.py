@@ -7,9 +7,12 @@ Bad input ends with one `error: ...` line and exit code 2, before anything is wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from smjax import checkpoint, config as config_lib, data, run, runtime
@@ -76,6 +79,27 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
   """Runs the experiment `get_config` describes; returns the process exit code."""
   runtime.configure()
   args = parse_args(name, argv, doc, get_config)
+  with _sigterm_interrupts():
+    return _main(get_config, name, argv, args)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+  """SIGTERM outside the epoch loop (setup, report) interrupts as Ctrl-C does; the loop
+  installs its own graceful stop for both."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _main(get_config, name: str, argv, args) -> int:
   try:
     config = build_config(get_config, args.overrides)
     if args.seeds:
@@ -100,7 +124,8 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
     return 2
   except run.Stopped as stopped:
     print(stopped, file=sys.stderr)
-  except KeyboardInterrupt:  # before the first step: nothing to checkpoint yet
-    print("\ninterrupted before training started", file=sys.stderr)
+  except KeyboardInterrupt:  # outside the epoch loop (which stops gracefully): setup or report
+    print("\ninterrupted outside training; every finished epoch is kept and no report is "
+          "half-written; rerun the same command to continue", file=sys.stderr)
     return 130
   return 0

@@ -99,7 +99,12 @@ class Config:
 
   @property
   def best_metric(self) -> str:
-    return "test_accuracy" if self.protocol == "original" else "val_accuracy"
+    return best_metric(self.protocol)
+
+
+def best_metric(protocol: str) -> str:
+  """What ranks checkpoints: the source's protocol selects by test accuracy, ours by validation."""
+  return "test_accuracy" if protocol == "original" else "val_accuracy"
 
 
 def with_overrides(config: Config, overrides: Iterable[str]) -> Config:

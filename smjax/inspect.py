@@ -21,7 +21,8 @@ import absl.logging
 import numpy as np
 
 from smjax import checkpoint, masking
-from smjax.workdir import read_metrics
+from smjax.config import best_metric
+from smjax.workdir import RunError, read_config, read_metrics
 
 
 def resolve(workdir: str | Path) -> Path:
@@ -50,16 +51,25 @@ def _pct(value) -> str:
 
 
 def describe(run_dir: Path, step: int | None) -> str:
-  config = json.loads((run_dir / "config.json").read_text())
+  config = read_config(run_dir)
   by_epoch = {m["epoch"]: m for m in read_metrics(run_dir)}
   saved = checkpoint.steps(run_dir)
-  best = checkpoint.make_manager(checkpoint.checkpoint_dir(run_dir), read_only=True).best_step()
+  best = checkpoint.best_step(checkpoint.checkpoint_dir(run_dir),
+                              best_metric(config.get("protocol", "")))
   out = [f"run {run_dir}: mode {config['mode']}, model {config['model']}, dataset "
          f"{config['dataset']}, estimator {config['estimator']}, seed {config['seed']}, "
          f"protocol {config['protocol']}, {len(by_epoch)}/{config['epochs']} epochs", "",
          "checkpoint  epoch   val acc  test acc    masked"]
-  for s in saved:
-    epoch = checkpoint.read_meta(run_dir, s).get("epoch")
+  damaged = checkpoint.damaged_metrics(checkpoint.checkpoint_dir(run_dir))
+  for s in sorted(saved + damaged):
+    if s in damaged:
+      out.append(f"{s:>10}  unreadable (its saved metrics are damaged)")
+      continue
+    try:
+      epoch = checkpoint.read_meta(run_dir, s).get("epoch")
+    except checkpoint.CheckpointError as err:
+      out.append(f"{s:>10}  unreadable: {err}")
+      continue
     m = by_epoch.get(epoch, {}) if s == by_epoch.get(epoch, {}).get("step") else {}
     tags = ("best " if s == best else "") + ("latest" if s == saved[-1] else "")
     out.append(f"{s:>10}  {epoch:>5}  {_pct(m.get('val_accuracy'))}  {_pct(m.get('test_accuracy'))}"
@@ -140,7 +150,7 @@ def main(argv=None) -> int:
       print(json.dumps(mask_table(run_dir, args.step)))
     else:
       print(describe(run_dir, args.step))
-  except (checkpoint.CheckpointError, ValueError, OSError) as err:
+  except (checkpoint.CheckpointError, RunError, ValueError, OSError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   return 0

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from smjax import checkpoint, study  # noqa: E402
 from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402, F401  (re-exported)
+from smjax.workdir import RunError, replaced_atomically  # noqa: E402
 
 def plot_curves(summary: dict, path: Path) -> None:
   """Test accuracy per epoch; finetune continues from the mask run's best epoch."""
@@ -92,13 +93,12 @@ def write_report(workdir: str | Path) -> Path:
   summary = summarize(workdir)
   if not summary["regimes"]:
     raise FileNotFoundError(f"{workdir} holds no mask/, weight/ or finetune/ runs")
-  out = workdir / "report"
-  out.mkdir(exist_ok=True)
-  plot_curves(summary, out / "curves.png")
-  if summary["layers"]:
-    plot_mask_utilization(summary["layers"], out / "mask_utilization.png")
-  (out / "summary.md").write_text(summary_markdown(summary))
-  return out
+  with replaced_atomically(workdir / "report") as out:
+    plot_curves(summary, out / "curves.png")
+    if summary["layers"]:
+      plot_mask_utilization(summary["layers"], out / "mask_utilization.png")
+    (out / "summary.md").write_text(summary_markdown(summary))
+  return workdir / "report"
 
 
 def main(argv=None) -> int:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
       summary = study.write_report(args.workdir)
     else:
       summary = write_report(args.workdir) / "summary.md"
-  except (FileNotFoundError, checkpoint.CheckpointError) as err:
+  except (FileNotFoundError, checkpoint.CheckpointError, RunError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   print(summary)

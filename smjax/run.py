@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import signal
 import sys
@@ -45,7 +44,7 @@ def finetune_start(config: Config) -> dict:
   mask_run = Path(config.mask_run)
   if not config.mask_run or not (mask_run / "config.json").exists():
     raise RunError(f"finetune needs --set mask_run=DIR, a finished mask run; got {config.mask_run!r}")
-  source = json.loads((mask_run / "config.json").read_text())
+  source = workdir_lib.read_config(mask_run)
   if source.get("mode") != "mask":
     raise RunError(f"{mask_run} is a {source.get('mode')!r} run; finetune starts from a mask run")
   for key in ("model", "dataset", "downsampling", "mask_biases"):
@@ -77,7 +76,8 @@ def _resume(manager, workdir: Path, state) -> tuple:
     try:
       restored, meta = checkpoint.restore_state(manager, step, state)
     except checkpoint.CheckpointError as err:
-      moved = checkpoint.quarantine(manager, step)
+      moved = checkpoint.quarantine(manager.directory, step)
+      manager.reload()
       print(f"warning: {err}; moved to {moved}, trying the previous one", file=sys.stderr)
       continue
     if meta.get("partial"):
@@ -164,6 +164,16 @@ def _sampled_test_accuracy(p_sampled, pstate, dataset: data.Dataset, config: Con
           "test_accuracy_sampled_std": float(np.std(accuracies))}
 
 
+def _warn_if_diverging(line: dict, first: list[dict], num_classes: int, factor: float = 10.0) -> None:
+  """A warning when an epoch's mean training loss is over `factor` times the first epoch's,
+  or the chance-level loss ln(classes): finite, but the run is likely diverging."""
+  bound = factor * min([np.log(num_classes)] + [m["train_loss"] for m in first])
+  if line["train_loss"] > bound:
+    print(f"warning: epoch {line['epoch']}'s mean training loss {line['train_loss']:.3g} is over "
+          f"{factor:g}x the first epoch's or chance level's ({bound / factor:.3g}); the run is "
+          "likely diverging (a lower lr?)", file=sys.stderr, flush=True)
+
+
 def _is_new_best(line: dict, workdir: Path, metric: str) -> bool:
   """Whether `line` becomes the best checkpoint (the latest wins ties, as in orbax)."""
   return all(line[metric] >= m[metric] for m in read_metrics(workdir))
@@ -172,15 +182,19 @@ def _is_new_best(line: dict, workdir: Path, metric: str) -> bool:
 def _check_finite(history: list, epoch: int, first_step: int, last_good: int | None) -> None:
   bad = next((i for i, (loss, _) in enumerate(history) if not np.isfinite(loss)), None)
   if bad is not None:
+    kept = (f"the last good checkpoint (step {last_good}) is kept" if last_good is not None
+            else "no checkpoint had been written")
     raise RunError(f"non-finite training loss at epoch {epoch}, step {first_step + bad + 1}; "
-                   f"stopped, the last good checkpoint (step {last_good}) is kept")
+                   f"stopped, {kept}")
 
 
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
           dataset: data.Dataset | None = None) -> list[dict]:
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines."""
   validate(config)
-  if not overwrite and workdir_lib.finished(config, Path(workdir)):
+  workdir = Path(workdir)
+  workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
+  if not overwrite and workdir_lib.finished(config, workdir):
     print(f"{workdir}: finished ({config.epochs} epochs); nothing to do", flush=True)
     return read_metrics(workdir)
   data.check_batch_size(config.batch_size, jax.local_device_count(), jax.process_count())
@@ -192,9 +206,13 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     raise RunError(f"batch_size {config.batch_size} exceeds the {len(dataset.train)} training examples")
   model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
   state = initial_state(config, model, dataset, steps)
-  workdir = Path(workdir)
   workdir_lib.claim(config, workdir, overwrite)
-  manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir), config.best_metric,
+  checkpoints = checkpoint.checkpoint_dir(workdir)
+  for damaged in checkpoint.damaged_metrics(checkpoints):
+    moved = checkpoint.quarantine(checkpoints, damaged)
+    print(f"warning: checkpoint {checkpoints / str(damaged)} is unreadable (its saved metrics); "
+          f"moved to {moved}", file=sys.stderr)
+  manager = checkpoint.make_manager(checkpoints, config.best_metric,
                                     keep_every_steps=config.keep_every_epochs * steps)
   state, first_epoch, history, seconds = _resume(manager, workdir, state)
 
@@ -249,6 +267,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
                       {**meta, "epoch": epoch, "metrics": line})
       for s in partial:  # mid-epoch checkpoints of a graceful stop are superseded
         manager.delete(s)
+      _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
       workdir_lib.append_metrics(workdir, line)
       print(_format_line(line), flush=True)
       history = []
@@ -297,8 +316,9 @@ def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = F
   from smjax import report
   workdir = Path(workdir)
   configs = {r: c for r, c in regime_configs(config, workdir).items() if r in all_regimes(config)}
-  for cfg in configs.values():
+  for regime, cfg in configs.items():
     validate(cfg)
+    workdir_lib.check(cfg, workdir / regime, overwrite)
   dataset, results = None, {}
   for regime, cfg in configs.items():
     if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / regime)):

@@ -13,7 +13,6 @@ with a ±1 std band; the per-layer % masked of the best masks with its spread.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402
-from smjax.workdir import write_json_atomic  # noqa: E402
+from smjax.workdir import read_config, replaced_atomically, write_json_atomic  # noqa: E402
 
 SEED_DIR = re.compile(r"seed(\d+)$")
 RUN_NUMBERS = ("best_test_accuracy", "final_test_accuracy", "epochs_to_99", "masked_fraction",
@@ -122,19 +121,18 @@ def write_report(workdir: str | Path) -> Path:
   seconds = {r: sum(m["seconds"] for s in summaries.values() if r in s["regimes"]
                     for m in s["regimes"][r]["curve"]) for r in study["regimes"]}
   config_path = next(iter(seed_dirs(workdir).values())) / "mask" / "config.json"
-  config = json.loads(config_path.read_text()) if config_path.exists() else {}
+  config = read_config(config_path.parent) if config_path.exists() else {}
   study.update(per_seed=per_seed, layers=list(layers.values()), epoch_seconds=seconds,
                config=config, jax_version=jax.__version__, machine=_machine())
   command = workdir / "command.txt"
   study["command"] = command.read_text().strip() if command.exists() else None
-  out = workdir / "report"
-  out.mkdir(exist_ok=True)
-  write_json_atomic(out / "study.json", study)
-  plot_curves(summaries, out / "curves.png")
-  if layers:
-    plot_layers(list(layers.values()), out / "mask_utilization.png")
-  (out / "summary.md").write_text(summary_markdown(study))
-  return out / "summary.md"
+  with replaced_atomically(workdir / "report") as out:
+    write_json_atomic(out / "study.json", study)
+    plot_curves(summaries, out / "curves.png")
+    if layers:
+      plot_layers(list(layers.values()), out / "mask_utilization.png")
+    (out / "summary.md").write_text(summary_markdown(study))
+  return workdir / "report" / "summary.md"
 
 
 def _machine() -> str:

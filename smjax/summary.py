@@ -4,11 +4,10 @@ aggregates it over seeds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from smjax import checkpoint, masking
-from smjax.workdir import read_metrics
+from smjax.workdir import read_config, read_metrics
 
 REGIMES = ("mask", "weight", "finetune", "finetune_original")
 COLORS = {"mask": "tab:blue", "weight": "tab:orange", "finetune": "tab:green",
@@ -27,7 +26,7 @@ def summarize(workdir: Path) -> dict:
     lines = read_metrics(workdir / regime)
     if not lines:
       continue
-    config = json.loads((workdir / regime / "config.json").read_text())
+    config = read_config(workdir / regime)
     metric = "test_accuracy" if config["protocol"] == "original" else "val_accuracy"
     best = best_line(lines, metric)
     regimes[regime] = {"epochs": len(lines), "best_on": metric, "best_epoch": best["epoch"],

@@ -7,6 +7,7 @@ the checkpoint, lines of epochs that no checkpoint holds are dropped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,14 +28,48 @@ def write_json_atomic(path: Path, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
-  """Writes config.json; refuses a workdir that holds a run of another config."""
-  path = workdir / "config.json"
-  if path.exists() and not overwrite:
+@contextlib.contextmanager
+def replaced_atomically(path: Path):
+  """Yields a fresh temporary directory that replaces `path` only once the block completes:
+  an interrupt leaves the previous `path` (or none) and no half-written one."""
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = path.with_name(f"{path.name}.old-{os.getpid()}")
+  if path.exists():
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
+  """Everything about `workdir` that can refuse a run, read-only and before any heavy setup:
+  a file in its place, a folder that cannot be created or written, a run of another config."""
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
+  if not existing.is_dir():
+    raise RunError(f"cannot create workdir {workdir}: {existing} is a file; use another --workdir")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "write to" if existing == workdir else f"create it: {existing} is not writable"
+    raise RunError(f"cannot {what} workdir {workdir}; use another --workdir or fix its permissions")
+  if (workdir / "config.json").exists() and not overwrite:
     diff = config_diff(config, workdir)
     if diff:
       raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
                      "use another --workdir or --overwrite")
+
+
+def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
+  """Writes config.json (after `check`); with `overwrite`, drops the previous run's files."""
+  check(config, workdir, overwrite)
+  path = workdir / "config.json"
+  if path.exists() and not overwrite:
     return
   if overwrite:
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
@@ -43,17 +78,35 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
   write_json_atomic(path, config.to_dict())
 
 
+def read_config(workdir: Path) -> dict:
+  """A run's config.json; a damaged one is one error naming the file and the ways out."""
+  path = workdir / "config.json"
+  try:
+    values = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as err:
+    raise RunError(f"{path} is damaged ({err}); delete it to resume with this command's config, "
+                   "or use --overwrite or another --workdir") from None
+  if not isinstance(values, dict):
+    raise RunError(f"{path} is damaged (not a JSON object); delete it to resume with this "
+                   "command's config, or use --overwrite or another --workdir")
+  return values
+
+
 def config_diff(config: Config, workdir: Path) -> list[str]:
   """The fields in which `config` differs from the run in `workdir` (fields added since that
   run was written count as their defaults)."""
-  previous = {**Config().to_dict(), **json.loads((workdir / "config.json").read_text())}
+  previous = {**Config().to_dict(), **read_config(workdir)}
   return sorted(k for k, v in config.identity().items() if previous.get(k) != v)
 
 
 def finished(config: Config, workdir: Path) -> bool:
-  """Whether `workdir` holds a run of `config` with every epoch done."""
-  return ((workdir / "config.json").exists() and not config_diff(config, workdir)
-          and len(read_metrics(workdir)) >= config.epochs)
+  """Whether `workdir` holds a run of `config` with every epoch done and its last checkpoint
+  committed (a missing one means the run must resume from an earlier checkpoint)."""
+  if not (workdir / "config.json").exists() or config_diff(config, workdir):
+    return False
+  metrics = read_metrics(workdir)
+  return (len(metrics) >= config.epochs and
+          (workdir / "checkpoints" / str(metrics[-1]["step"])).is_dir())
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

@@ -1,5 +1,6 @@
 """Kills, stops, damaged checkpoints, NaNs and bad input: nothing lost, nothing silently wrong."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -84,23 +85,75 @@ def test_sigterm_checkpoints_and_exits_0(reference, tmp_path):
   assert_same_run(reference, tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def truncate(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["state", "metrics", "delete", "temporary"])
 def test_damaged_newest_checkpoint_falls_back(reference, tmp_path, capsys, damage):
   import shutil
   shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
   newest = tmp_path / "checkpoints" / str(max(checkpoint.steps(tmp_path)))
-  if damage == "truncate":
-    for f in (newest / "state").rglob("*"):
+  metrics = tmp_path / "metrics.jsonl"
+  if damage in ("state", "metrics"):  # killed after the last checkpoint, before its metrics line
+    for f in (newest / damage).rglob("*"):
       if f.is_file() and f.stat().st_size > 100:
-        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-  else:
+        truncate(f)
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+  elif damage == "delete":  # a finished run whose last checkpoint is gone is not finished
     shutil.rmtree(newest)
+  else:  # killed while orbax wrote the last checkpoint: half a temporary directory
+    half = newest.with_name(newest.name + ".orbax-checkpoint-tmp-1234")
+    newest.rename(half)
+    shutil.rmtree(half / "state")
   assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path), *ARGS]) == 0
   err = capsys.readouterr().err
-  assert "run again" in err
-  if damage == "truncate":
-    assert "unreadable" in err and (tmp_path / "checkpoints_damaged").is_dir()
+  if damage in ("state", "metrics"):
+    assert f"checkpoint {newest} is unreadable" in err
+    assert (tmp_path / "checkpoints_damaged" / newest.name).is_dir()
+  else:
+    assert "run again" in err
   assert_same_run(reference, tmp_path)
+
+
+def test_damage_to_any_checkpoint_file_is_found_or_harmless(reference, tmp_path, capsys):
+  """Every file orbax writes, cut in half and deleted in turn: the checkpoint either restores
+  exactly or is reported unreadable (and the others stay readable); never a raw error."""
+  import shutil
+  from smjax import inspect
+  newest = max(checkpoint.steps(reference))
+  original = checkpoint.restore(reference, step=newest)
+  files = sorted(p.relative_to(reference) for p in (reference / "checkpoints" / str(newest)).rglob("*")
+                 if p.is_file())
+  assert {"_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "state/_METADATA"} <= \
+      {str(f).removeprefix(f"checkpoints/{newest}/") for f in files}
+  found = set()
+  for rel in files:
+    for damage in (truncate, Path.unlink):
+      work = tmp_path / f"{rel.name}-{damage.__name__}"
+      shutil.copytree(reference, work)
+      damage(work / rel)
+      try:
+        restored = checkpoint.restore(work, step=newest)
+      except checkpoint.CheckpointError as err:
+        assert f"checkpoint {work / 'checkpoints' / str(newest)} is unreadable" in str(err)
+        found.add(str(rel))
+        unreadable = True
+      else:
+        unreadable = False
+        for x, y in zip(jax.tree.leaves((original["state"], original["masks"])),
+                        jax.tree.leaves((restored["state"], restored["masks"])), strict=True):
+          assert np.array_equal(x, y), rel
+      try:
+        checkpoint.restore(work, which="best")
+      except checkpoint.CheckpointError:
+        assert unreadable
+      report = inspect.describe(work, step=min(checkpoint.steps(work)))  # reads the rest
+      if rel.parts[-2] in ("meta", "metrics") and unreadable:
+        assert f"{newest:>10}  unreadable" in report
+      shutil.rmtree(work)
+  assert any("state/" in f for f in found) and any("masks/" in f for f in found)
+  assert f"checkpoints/{newest}/meta/metadata" in found
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
@@ -109,6 +162,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
   assert cli.main(digits.get_config, "digits", args) == 2
   err = capsys.readouterr().err.strip()
   assert "non-finite training loss at epoch 1, step" in err and len(err.splitlines()) == 1
+  assert "no checkpoint had been written" in err and "None" not in err
   assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
   assert run.read_metrics(tmp_path) == []
 
@@ -127,3 +181,68 @@ def test_finetune_from_the_wrong_run_is_refused(reference, tmp_path, capsys):
                    f"mask_run={weight}", "--set", "model=lenet300-100"]) == 2
   assert "is a 'weight' run" in capsys.readouterr().err
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_finite_but_exploding_loss_is_warned_about(capsys):
+  first = [{"epoch": 1, "train_loss": 0.5}]
+  run._warn_if_diverging({"epoch": 3, "train_loss": 4.9}, first, 10)
+  assert capsys.readouterr().err == ""
+  run._warn_if_diverging({"epoch": 3, "train_loss": 5.1}, first, 10)  # > 10 x 0.5
+  assert "epoch 3's mean training loss 5.1" in capsys.readouterr().err
+  run._warn_if_diverging({"epoch": 1, "train_loss": 1e30}, [], 10)  # > 10 x ln(10)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "likely diverging" in err[0]
+
+
+def test_a_damaged_config_json_is_named_before_any_setup(tmp_path, capsys, monkeypatch):
+  (tmp_path / "config.json").write_text('{"seed": 0, "mo')
+  monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("loaded data first"))
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path), "--regime", "mask"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(tmp_path / "config.json") in err[0] and "delete it" in err[0]
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "another_config"])
+def test_bad_workdirs_are_refused_before_any_setup(tmp_path, capsys, monkeypatch, where):
+  monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("loaded data first"))
+  target = tmp_path / "run"
+  if where == "another_config":  # a single run's and --regime all's mask run
+    for folder in (target, target / "mask"):
+      folder.mkdir()
+      (folder / "config.json").write_text(json.dumps({"seed": 5}))
+  else:
+    target.write_text("not a folder")
+    target = target if where == "file" else target / "sub"
+  for regime in ("mask", "all"):
+    assert cli.main(digits.get_config, "digits", ["--workdir", str(target), "--regime", regime]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert {"file": "is a file", "under_a_file": "is a file",
+            "another_config": "differs in: "}[where] in err[0]
+
+
+def test_an_interrupted_report_leaves_the_previous_one(tmp_path):
+  from smjax import workdir
+  (tmp_path / "report").mkdir()
+  (tmp_path / "report" / "summary.md").write_text("previous")
+  with pytest.raises(KeyboardInterrupt):
+    with workdir.replaced_atomically(tmp_path / "report") as out:
+      (out / "summary.md").write_text("half")
+      raise KeyboardInterrupt
+  assert [p.name for p in tmp_path.iterdir()] == ["report"]
+  assert (tmp_path / "report" / "summary.md").read_text() == "previous"
+  with workdir.replaced_atomically(tmp_path / "report") as out:
+    (out / "curves.png").write_text("new")
+  assert [p.name for p in (tmp_path / "report").iterdir()] == ["curves.png"]
+  assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_outside_training_gives_a_true_message(tmp_path, capsys, monkeypatch, signum):
+  import os
+  monkeypatch.setattr(run, "train_all", lambda *a, **k: os.kill(os.getpid(), signum))
+  before = signal.getsignal(signal.SIGTERM)
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path)]) == 130
+  err = capsys.readouterr().err
+  assert "interrupted outside training" in err and "before training started" not in err
+  assert signal.getsignal(signal.SIGTERM) == before
