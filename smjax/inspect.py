@@ -5,6 +5,7 @@
     python -m smjax.inspect WORKDIR --history        # % masked per layer at every checkpoint
     python -m smjax.inspect WORKDIR --compare OTHER  # Jaccard / Hamming / chance, per layer
     python -m smjax.inspect WORKDIR --export masks.npz [--scores]
+    python -m smjax.inspect WORKDIR --export-model net.msgpack   # pruned variables for model.apply
 
 WORKDIR is a single-mode run directory or a `--regime all` directory (whose mask/ run is then
 the one inspected). Errors end with one line and exit code 2.
@@ -96,6 +97,32 @@ def export(run_dir: Path, step: int | None, path: Path, scores: bool) -> int:
   return len(arrays)
 
 
+def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
+  """Writes the effective variables of a checkpoint (every kernel times its binary mask, biases,
+  BN parameters and statistics) as a flax msgpack file that `model.apply` takes as is, and
+  PATH.json with the model, the input normalization and the per-layer density."""
+  from flax import serialization
+  from smjax import data
+  restored = checkpoint.restore(run_dir, step=step)
+  state, config = restored["state"], read_config(run_dir)
+  variables = {"params": masking.apply_masks(state["trainable"]["params"], restored["masks"])}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  path.write_bytes(serialization.msgpack_serialize(variables))
+  layers = [{"name": layer["name"], "shape": layer["shape"], "n_weights": layer["n_weights"],
+             "density": 1 - layer["masked_fraction"]}
+            for layer in masking.layer_stats(restored["masks"], restored["meta"].get("layers"))]
+  kept = sum(layer["n_weights"] * layer["density"] for layer in layers)
+  total = sum(layer["n_weights"] for layer in layers)
+  mean, std = data.NORMALIZATION[config["dataset"]]
+  info = {"workdir": str(run_dir), "step": restored["step"], "model": config["model"],
+          "dataset": config["dataset"], "input": "(uint8 / 255 - mean) / std, NHWC",
+          "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
+          "density": kept / total if total else 1.0, "layers": layers}
+  path.with_name(path.name + ".json").write_text(json.dumps(info, indent=1) + "\n")
+  return info
+
+
 def compare(run_dir: Path, other: Path, step: int | None) -> dict:
   a, b = checkpoint.restore(run_dir, step=step), checkpoint.restore(other)
   result = masking.compare_masks(a["masks"], b["masks"], a["meta"].get("layers"))
@@ -131,13 +158,19 @@ def main(argv=None) -> int:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--export", type=Path, metavar="FILE.npz", help="write the masks")
   parser.add_argument("--scores", action="store_true", help="with --export: the scores too")
+  parser.add_argument("--export-model", type=Path, metavar="FILE",
+                      help="write the pruned network's variables (flax msgpack) and FILE.json")
   parser.add_argument("--compare", metavar="OTHER_WORKDIR", help="overlap with another run's mask")
   parser.add_argument("--history", action="store_true", help="%% masked per layer per checkpoint")
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
     run_dir = resolve(args.workdir)
-    if args.export:
+    if args.export_model:
+      info = export_model(run_dir, args.step, args.export_model)
+      print(f"wrote {args.export_model} (checkpoint {info['step']}, {100 * info['density']:.2f}% "
+            f"of masked-layer weights kept) and {args.export_model}.json")
+    elif args.export:
       count = export(run_dir, args.step, args.export, args.scores)
       print(f"wrote {count} arrays to {args.export}")
     elif args.compare:

@@ -123,3 +123,25 @@ def test_keep_every_epochs_gives_a_full_history(tmp_path, capsys):
   capsys.readouterr()
   code, out, _ = main_out(capsys, tmp_path, "--history")
   assert code == 0 and out.count("step ") == 4 and "dense2/kernel" in out
+
+
+@pytest.mark.parametrize("regime", ["mask", "finetune"])
+def test_exported_model_needs_no_smjax_and_scores_what_the_run_recorded(runs, tmp_path, capsys,
+                                                                         regime):
+  from flax import serialization
+  from smjax import data, models
+  from smjax.workdir import read_metrics
+  path = tmp_path / "net.msgpack"
+  code, out, _ = main_out(capsys, runs["seed0"] / regime, "--export-model", path)
+  assert code == 0 and "kept" in out
+  info = json.loads(path.with_name("net.msgpack.json").read_text())
+  variables = serialization.msgpack_restore(path.read_bytes())
+  best = {m["step"]: m for m in read_metrics(runs["seed0"] / regime)}[info["step"]]
+  test = data.load("digits", val_size=100).test
+  x = (test.images.astype(np.float32) / 255 - np.asarray(info["mean"])) / np.asarray(info["std"])
+  logits = models.get(info["model"], 10).apply(variables, x.astype(np.float32), train=False)
+  assert np.mean(np.argmax(logits, -1) == test.labels) == pytest.approx(best["test_accuracy"], abs=1e-6)
+  zeros = sum(int(np.sum(variables["params"][name.split("/")[0]]["kernel"] == 0))
+              for name in (layer["name"] for layer in info["layers"]))
+  total = sum(layer["n_weights"] for layer in info["layers"])
+  assert 1 - zeros / total == pytest.approx(info["density"], abs=1e-9) and info["density"] < 1
