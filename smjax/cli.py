@@ -42,16 +42,17 @@ def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) ->
                       help=f"run directory (default: runs/{name} for --regime all, else "
                       f"runs/{name}/REGIME); rerun the same command to resume")
   parser.add_argument("--regime", default="all", choices=run.REGIMES,
-                      help="one run, or every run of one initialization plus the report")
+                      help="one run; every run of one initialization plus the report (all); "
+                      "or lottery-ticket rounds and their controls (tickets, smjax/tickets.py)")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field (repeatable), e.g. --set lr=0.1")
   parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                      help="--regime all once per seed in WORKDIR/seed<N>/, then the aggregated "
+                      help="--regime all (or tickets) once per seed in WORKDIR/seed<N>/, then the aggregated "
                       "report in WORKDIR/report/ (mean ± std, paired t-intervals)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard the checkpoints and metrics of a run with another config")
   args = parser.parse_args(argv)
-  if args.seeds and args.regime != "all":
+  if args.seeds and args.regime not in ("all", "tickets"):
     parser.error("--seeds runs every regime of each seed; leave out --regime")
   return args
 
@@ -102,7 +103,11 @@ def _sigterm_interrupts():
 def _main(get_config, name: str, argv, args) -> int:
   try:
     config = build_config(get_config, args.overrides)
-    if args.seeds:
+    if args.regime == "tickets":
+      workdir = Path(args.workdir or f"runs/{name}_tickets")
+      _record_command(workdir, name, argv)
+      print(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite)}")
+    elif args.seeds:
       workdir = Path(args.workdir or f"runs/{name}")
       _record_command(workdir, name, argv)
       print(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")

@@ -16,7 +16,8 @@ WEIGHT_INITS = ("default", "signed_constant")
 DTYPES = ("float32", "bfloat16")
 PLACE_ONLY = ("data_dir",)
 FINETUNE_ONLY = ("finetune_optimizer", "finetune_lr", "finetune_epochs", "original_finetune",
-                 "mask_run")
+                 "mask_run", "prune_from", "reinit_seed")
+PRUNING = ("prune_rate", "prune_rate_output", "prune_scope")  # decide a ticket round's mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,13 @@ class Config:
   original_finetune: bool = False     # --regime all also fine-tunes as the published code did
                                       # (Adam, lr 1e-5, finetune_epochs) in finetune_original/
   mask_run: str = ""                  # finetune: the mask run directory to start from
+  # Lottery tickets (--regime tickets; smjax/tickets.py).
+  ticket_rounds: int = 10             # rounds of pruning after the weight run (round0)
+  prune_rate: float = 0.2             # share of a hidden layer's survivors pruned per round
+  prune_rate_output: float = 0.1      # ... of the output layer's (Frankle & Carbin, FC nets)
+  prune_scope: str = "layer"          # "layer" | "global" (all layers ranked at prune_rate)
+  prune_from: str = ""                # finetune: prune this run's best weights for the mask
+  reinit_seed: int = -1               # >= 0: initial weights from this seed (the control)
 
   def replace(self, **kwargs) -> "Config":
     return dataclasses.replace(self, **kwargs)
@@ -94,7 +102,8 @@ class Config:
 
     Where the data lies is not part of it, nor, outside finetune mode, how a later fine-tune
     of the same init would go."""
-    ignored = PLACE_ONLY + (FINETUNE_ONLY if self.mode != "finetune" else ())
+    ignored = PLACE_ONLY + ("ticket_rounds",) + (
+        FINETUNE_ONLY + PRUNING if self.mode != "finetune" else ())
     return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
   @property
@@ -156,6 +165,7 @@ def validate(config: Config) -> None:
   choice("optimizer", OPTIMIZERS)
   choice("score_optimizer", OPTIMIZERS)
   choice("finetune_optimizer", ("",) + OPTIMIZERS)
+  choice("prune_scope", ("layer", "global"))
   choice("schedule", SCHEDULES)
   choice("protocol", PROTOCOLS)
   choice("weight_init", WEIGHT_INITS)
@@ -170,11 +180,12 @@ def validate(config: Config) -> None:
     if not value > 0:
       raise ValueError(f"{key} must be > 0, got {value}")
   for key in ("epochs", "finetune_epochs", "batch_size", "eval_batch_size", "plateau_patience",
-              "steps_per_call"):
+              "steps_per_call", "ticket_rounds"):
     if getattr(config, key) < 1:
       raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
   ranges = {"topk_fraction": (0.0, 1.0), "threshold": (0.0, 1.0), "momentum": (0.0, 1.0),
-            "dropout_rate": (0.0, 1.0), "max_translate": (0.0, 1.0), "plateau_factor": (0.0, 1.0)}
+            "dropout_rate": (0.0, 1.0), "max_translate": (0.0, 1.0), "plateau_factor": (0.0, 1.0),
+            "prune_rate": (0.0, 0.99), "prune_rate_output": (0.0, 0.99)}
   for key, (lo, hi) in ranges.items():
     value = getattr(config, key)
     if not lo <= value <= hi:

@@ -3,7 +3,7 @@
     python -m smjax.report WORKDIR
 
 writes WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; for a multi-seed study
-(WORKDIR/seed<N>/) the aggregated report of `smjax.study`.
+(WORKDIR/seed<N>/) the aggregated report of `smjax.study`, for ticket rounds `smjax.tickets`'.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smjax import checkpoint, study  # noqa: E402
+from smjax import checkpoint, study, tickets  # noqa: E402
 from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402, F401  (re-exported)
 from smjax.workdir import RunError, replaced_atomically  # noqa: E402
 
@@ -107,7 +107,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
-    if study.seed_dirs(args.workdir):
+    if tickets.seed_dirs(args.workdir):
+      summary = tickets.write_report(args.workdir)
+    elif study.seed_dirs(args.workdir):
       summary = study.write_report(args.workdir)
     else:
       summary = write_report(args.workdir) / "summary.md"

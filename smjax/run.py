@@ -3,6 +3,7 @@
     train(config, workdir)       one mode (mask | weight | finetune) in one run directory
     train_all(config, workdir)   mask, weight (same init) and finetune from mask's best, then the report
     train_seeds(config, workdir, seeds)   train_all per seed, then the aggregated report
+    train_tickets(config, workdir, seeds) lottery-ticket rounds per seed, then their report
 
 Rerunning on an existing run directory resumes from its latest readable checkpoint. SIGTERM or
 Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
@@ -23,11 +24,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import checkpoint, data, models, optim, train as train_lib, workdir as workdir_lib
+from smjax import checkpoint, data, models, optim, tickets, train as train_lib, workdir as workdir_lib
 from smjax.config import Config, validate
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
-REGIMES = ("mask", "weight", "finetune", "finetune_original", "all")
+REGIMES = ("mask", "weight", "finetune", "finetune_original", "all", "tickets")
 
 
 class Stopped(Exception):
@@ -58,11 +59,16 @@ def finetune_start(config: Config) -> dict:
 
 def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> train_lib.TrainState:
   """The state before the first step: from `config.seed` (so every mode of one seed starts
-  from bit-identical params), or, for finetune, from the mask run's best checkpoint."""
-  start = finetune_start(config) if config.mode == "finetune" else {}
-  state = train_lib.create_state(jax.random.key(config.seed), model, dataset.input_shape, config,
+  from bit-identical params), or, for finetune, from the mask run's best checkpoint; a ticket
+  round (`prune_from`) trains `config.seed`'s init (or `reinit_seed`'s) under a pruned mask."""
+  if config.mode == "finetune" and config.prune_from:
+    start = tickets.pruned_start(config)
+  else:
+    start = finetune_start(config) if config.mode == "finetune" else {}
+  seed = config.reinit_seed if config.reinit_seed >= 0 else config.seed
+  state = train_lib.create_state(jax.random.key(seed), model, dataset.input_shape, config,
                                  steps_per_epoch=steps, masks=start.get("masks"))
-  if start:
+  if "params" in start:  # a supermask's fine-tune goes on from the mask run's checkpoint
     trainable = {"params": start["params"], "scores": start["scores"]}
     state = state.replace(trainable=trainable, batch_stats=start["batch_stats"],
                           opt_state=state.tx.init(trainable))
@@ -326,6 +332,22 @@ def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = F
     results[regime] = train(cfg, workdir / regime, overwrite=overwrite, dataset=dataset)
   report.write_report(workdir)
   return results
+
+
+def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
+                  overwrite: bool = False) -> Path:
+  """Every ticket round of every seed in WORKDIR/seed<N>/round<R>[_reinit]/ (see
+  `smjax.tickets`), then the report; returns its summary.md. Finished rounds are skipped."""
+  workdir = Path(workdir)
+  dataset = None
+  for seed in seeds:
+    print(f"seed {seed}", flush=True)
+    for name, cfg in tickets.round_configs(config.replace(seed=seed), workdir / f"seed{seed}").items():
+      validate(cfg)
+      if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / f"seed{seed}" / name)):
+        dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
+      train(cfg, workdir / f"seed{seed}" / name, overwrite=overwrite, dataset=dataset)
+  return tickets.write_report(workdir)
 
 
 def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,

@@ -43,16 +43,21 @@ def seed_dirs(workdir: Path) -> dict[int, Path]:
   return dict(sorted(found.items()))
 
 
+def epochs_to_99(curve: list[dict]) -> int:
+  """The first epoch whose test accuracy reaches 99% of the run's best test accuracy."""
+  best = max(m["test_accuracy"] for m in curve)
+  return next(m["epoch"] for m in curve if m["test_accuracy"] >= 0.99 * best)
+
+
 def run_numbers(regime: dict) -> dict:
   """One run's numbers from `summarize`'s entry: accuracies at the best and the last
   epoch, the first epoch reaching 99% of the run's best test accuracy, the sampled-mask mean
   test accuracy at the best epoch (Bernoulli mask runs that record it)."""
   curve = regime["curve"]
-  tests = [m["test_accuracy"] for m in curve]
   best_line = curve[regime["best_epoch"] - 1]
   return {"best_test_accuracy": regime["best_test_accuracy"],
           "final_test_accuracy": regime["final_test_accuracy"],
-          "epochs_to_99": next(m["epoch"] for m in curve if m["test_accuracy"] >= 0.99 * max(tests)),
+          "epochs_to_99": epochs_to_99(curve),
           "masked_fraction": regime["masked_fraction"],
           "sampled_test_accuracy": best_line.get("test_accuracy_sampled_mean")}
 

@@ -1,0 +1,74 @@
+"""Iterative magnitude pruning: the pruning rule by hand, and ticket rounds end to end."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import digits
+from smjax import checkpoint, cli, models, run, tickets, train
+from smjax.config import Config
+
+
+def test_each_layer_keeps_its_largest_survivors():
+  params = {"a": {"kernel": np.array([0.1, -0.5, 0.3, 0.05, -0.9])},
+            "head": {"kernel": np.array([[1.0, -2.0], [0.5, 0.0]])}}
+  masks = {"a": {"kernel": np.array([1, 1, 1, 1, 0])}, "head": {"kernel": np.ones((2, 2))}}
+  out = tickets.magnitude_masks(params, masks, {"a/kernel": 0.5, "head/kernel": 0.25})
+  # a: 4 survivors (the pruned -0.9 stays pruned), 2 pruned: 0.05 and 0.1 go
+  np.testing.assert_array_equal(out["a"]["kernel"], [0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(out["head"]["kernel"], [[1, 1], [1, 0]])  # round(0.25 * 4) = 1
+
+
+def test_global_scope_ranks_all_layers_together_and_ties_keep_the_earlier():
+  params = {"a": {"kernel": np.array([0.1, 0.2, 0.2])}, "b": {"kernel": np.array([0.15, 0.3])}}
+  ones = {"a": {"kernel": np.ones(3)}, "b": {"kernel": np.ones(2)}}
+  out = tickets.magnitude_masks(params, ones, {"a/kernel": 0.6, "b/kernel": 0.6}, "global")
+  # 5 survivors, 3 pruned: 0.1, 0.15 and the later of the two 0.2
+  np.testing.assert_array_equal(out["a"]["kernel"], [0, 1, 0])
+  np.testing.assert_array_equal(out["b"]["kernel"], [0, 1])
+
+
+def test_rounds_reach_the_compounded_densities():
+  rng = np.random.default_rng(0)
+  params = {"h": {"kernel": rng.normal(size=(50, 20))}, "head": {"kernel": rng.normal(size=(20, 10))}}
+  masks = {"h": {"kernel": np.ones((50, 20))}, "head": {"kernel": np.ones((20, 10))}}
+  for _ in range(5):
+    masks = tickets.magnitude_masks(params, masks, {"h/kernel": 0.2, "head/kernel": 0.1})
+  assert masks["h"]["kernel"].sum() == 328  # 1000 -> 800 -> 640 -> 512 -> 410 -> 328
+  assert masks["head"]["kernel"].sum() == 118  # 200 -> 180 -> 162 -> 146 -> 131 -> 118
+
+
+SETS = ["model=lenet300-100", "batch_size=64", "epochs=2", "val_size=100", "ticket_rounds=2"]
+
+
+@pytest.mark.slow
+def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, capsys, monkeypatch):
+  args = ["--workdir", str(tmp_path), "--regime", "tickets", "--seeds", "0",
+          *[a for s in SETS for a in ("--set", s)]]
+  assert cli.main(digits.get_config, "digits", args) == 0
+  seed = tmp_path / "seed0"
+  assert sorted(p.name for p in seed.iterdir()) == ["round0", "round1", "round1_reinit",
+                                                   "round2", "round2_reinit"]
+  config = Config(model="lenet300-100", dataset="digits")
+  model = models.get("lenet300-100", 10)
+  init = lambda s: train.init_variables(jax.random.key(s), model, (8, 8, 1), config)[0]
+  for r in (1, 2):
+    source = checkpoint.restore(seed / f"round{r - 1}", which="best")
+    expected = tickets.magnitude_masks(source["state"]["trainable"]["params"], source["masks"],
+                                       {"dense1/kernel": 0.2, "dense2/kernel": 0.2, "head/kernel": 0.1})
+    for name, init_seed in ((f"round{r}", 0), (f"round{r}_reinit", tickets.REINIT_SEED_OFFSET)):
+      last = checkpoint.restore(seed / name, which="latest")
+      for a, b in zip(jax.tree.leaves(last["masks"]), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+      # pruned weights never train: they still hold the init the round was rewound to
+      for layer in ("dense1", "dense2", "head"):
+        pruned = last["masks"][layer]["kernel"] == 0
+        kernel = last["state"]["trainable"]["params"][layer]["kernel"]
+        np.testing.assert_array_equal(kernel[pruned], np.asarray(init(init_seed)[layer]["kernel"])[pruned])
+  assert checkpoint.restore(seed / "round2")["masks"]["dense1"]["kernel"].mean() == pytest.approx(0.64, abs=1e-4)
+  summary = (tmp_path / "report" / "summary.md").read_text()
+  assert "| 2 | 64.34 | " in summary  # (0.64 * 49,200 + 0.81 * 1,000) / 50,200 and (tmp_path / "report" / "tickets.png").stat().st_size > 0
+  capsys.readouterr()
+  monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("finished rounds reloaded data"))
+  assert cli.main(digits.get_config, "digits", args) == 0
+  assert capsys.readouterr().out.count("finished (") == 5
