@@ -104,11 +104,13 @@ def write_report(workdir: str | Path) -> Path:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir")
+  parser.add_argument("--supermasks", nargs="+", type=Path, default=[], metavar="STUDY",
+                      help="ticket studies: supermask studies (--seeds) to set beside the tickets")
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
     if tickets.seed_dirs(args.workdir):
-      summary = tickets.write_report(args.workdir)
+      summary = tickets.write_report(args.workdir, args.supermasks)
     elif study.seed_dirs(args.workdir):
       summary = study.write_report(args.workdir)
     else:

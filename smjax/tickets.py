@@ -125,7 +125,40 @@ def collect(workdir: Path) -> dict:
   return rows
 
 
-def write_report(workdir: str | Path) -> Path:
+def supermask_rows(workdir: Path, supermask_studies: list[Path]) -> list[dict]:
+  """Per seed of each supermask study (`--seeds` of `--regime all`, one density each) that the
+  ticket study also holds: the supermask's share kept, its test accuracy and its fine-tune's,
+  and its overlap with that seed's ticket of the nearest share kept (Jaccard and agreement,
+  per layer and in total, beside the chance level of independent masks of those densities)."""
+  from smjax import masking, study
+  from smjax.summary import summarize
+  tickets = collect(workdir)
+  rows = []
+  for study_dir in map(Path, supermask_studies):
+    for seed, seed_dir in study.seed_dirs(study_dir).items():
+      regimes = summarize(seed_dir)["regimes"]
+      if "mask" not in regimes:
+        continue
+      kept = 1 - regimes["mask"]["masked_fraction"]
+      rounds = {name: by_seed[seed] for name, by_seed in tickets.items()
+                if "_" not in name and name != "round0" and seed in by_seed}
+      row = {"study": str(study_dir), "seed": seed, "kept": kept,
+             "supermask_test_accuracy": regimes["mask"]["best_test_accuracy"],
+             "finetuned_test_accuracy": regimes.get("finetune", {}).get("best_test_accuracy")}
+      if rounds:
+        nearest = min(rounds, key=lambda name: abs(rounds[name]["kept"] - kept))
+        ticket = checkpoint.restore(workdir / f"seed{seed}" / nearest)
+        mask = checkpoint.restore(seed_dir / "mask")
+        overlap = masking.compare_masks(ticket["masks"], mask["masks"], mask["meta"].get("layers"))
+        row.update(ticket_round=nearest, ticket_kept=rounds[nearest]["kept"],
+                   ticket_test_accuracy=rounds[nearest]["best_test_accuracy"], overlap=overlap)
+      rows.append(row)
+  return sorted(rows, key=lambda r: (-r["kept"], r["seed"]))
+
+
+def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Path:
+  """WORKDIR/report/{summary.md, tickets.json, tickets.png}, with the supermasks of
+  `supermask_studies` beside the tickets where given."""
   from smjax import study
   workdir = Path(workdir)
   rows = collect(workdir)
@@ -135,11 +168,11 @@ def write_report(workdir: str | Path) -> Path:
   table = {name: {k: study.mean_std([r[k] for r in by_seed.values()]) for k in numbers}
            for name, by_seed in rows.items()}
   command = workdir / "command.txt"
-  result = {"runs": table, "per_seed": rows,
+  result = {"runs": table, "per_seed": rows, "supermasks": supermask_rows(workdir, supermask_studies),
             "command": command.read_text().strip() if command.exists() else None}
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "tickets.json", result)
-    _plot(table, out / "tickets.png")
+    _plot(table, result["supermasks"], out / "tickets.png")
     (out / "summary.md").write_text(_markdown(result))
   return workdir / "report" / "summary.md"
 
@@ -148,7 +181,7 @@ def _round_number(name: str) -> int:
   return int(name.removeprefix("round").split("_")[0])
 
 
-def _plot(table: dict, path: Path) -> None:
+def _plot(table: dict, supermasks: list[dict], path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -163,6 +196,12 @@ def _plot(table: dict, path: Path) -> None:
     acc = [100 * table[n]["best_test_accuracy"]["mean"] for n in names]
     err = [100 * (table[n]["best_test_accuracy"]["std"] or 0) for n in names]
     ax.errorbar(kept, acc, yerr=err, marker="o", ms=3, capsize=2, color=color, label=label)
+  for key, label, color in (("supermask_test_accuracy", "top-k supermask of the init", "tab:blue"),
+                            ("finetuned_test_accuracy", "that supermask, weights fine-tuned",
+                             "tab:orange")):
+    points = [(100 * r["kept"], 100 * r[key]) for r in supermasks if r.get(key) is not None]
+    if points:
+      ax.scatter(*zip(*points), marker="s", s=18, color=color, label=label)
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set(xlabel="% of weights kept (masked layers)", ylabel="test accuracy at best epoch (%)",
@@ -191,4 +230,20 @@ def _markdown(result: dict) -> str:
                f"{ms(control['best_test_accuracy']) if control else '-'} | "
                f"{ms(control['epochs_to_99'], 1) if control else '-'} | "
                f"{row['best_test_accuracy']['n']} |")
+  if result["supermasks"]:
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
+    out += ["", "## Supermasks of the same init at matched density", "",
+            "Overlap with the seed's ticket of the nearest share kept (all masked layers; chance: "
+            "two independent masks of those densities).", "",
+            "| seed | supermask kept (%) | supermask test acc (%) | fine-tuned (%) | ticket round (kept %) "
+            "| ticket test acc (%) | Jaccard (chance) | agreement (chance) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in result["supermasks"]:
+      total = r.get("overlap", {}).get("total")
+      overlap = (f"{total['jaccard']:.3f} ({total['chance_jaccard']:.3f}) | "
+                 f"{total['agreement']:.3f} ({total['chance_agreement']:.3f})") if total else "- | -"
+      ticket = f"{_round_number(r['ticket_round'])} ({pct(r['ticket_kept'])})" if total else "-"
+      out.append(f"| {r['seed']} | {pct(r['kept'])} | {pct(r['supermask_test_accuracy'])} | "
+                 f"{pct(r['finetuned_test_accuracy'])} | {ticket} | "
+                 f"{pct(r.get('ticket_test_accuracy'))} | {overlap} |")
   return "\n".join(out) + "\n"

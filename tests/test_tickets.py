@@ -72,3 +72,21 @@ def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, caps
   monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("finished rounds reloaded data"))
   assert cli.main(digits.get_config, "digits", args) == 0
   assert capsys.readouterr().out.count("finished (") == 5
+  monkeypatch.undo()
+  # a top-k supermask of the same init beside them, matched to the nearest ticket
+  supermask = tmp_path.parent / f"{tmp_path.name}_supermask"
+  sets = SETS[:-1] + ["finetune_epochs=2", "estimator=topk", "topk_fraction=0.64",
+                      "score_init=kaiming_uniform"]
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(supermask), "--seeds", "0",
+                                                *[a for s in sets for a in ("--set", s)]]) == 0
+  from smjax import masking, report
+  capsys.readouterr()
+  assert report.main([str(tmp_path), "--supermasks", str(supermask)]) == 0
+  import json
+  (row,) = json.loads((tmp_path / "report" / "tickets.json").read_text())["supermasks"]
+  assert row["ticket_round"] == "round2" and row["kept"] == pytest.approx(0.64, abs=1e-3)
+  expected = masking.compare_masks(checkpoint.restore(seed / "round2")["masks"],
+                                   checkpoint.restore(supermask / "seed0" / "mask")["masks"])
+  assert row["overlap"]["total"] == pytest.approx(expected["total"])
+  assert "## Supermasks of the same init at matched density" in \
+      (tmp_path / "report" / "summary.md").read_text()
