@@ -90,6 +90,7 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, masks: Any, meta: dict) -> None:
   """Saves one checkpoint; `meta['metrics']` (absent mid-epoch) ranks it."""
+  state = jax.device_get(state)  # host arrays: on several processes orbax writes process 0's
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), masks=ocp.args.StandardSave(masks),
       meta=ocp.args.JsonSave(meta)), metrics=meta.get("metrics"))
@@ -100,7 +101,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int, target: Any) -> tup
   """(state restored into the structure of `target`, meta) of one checkpoint."""
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(jax.device_get(target)), meta=ocp.args.JsonRestore()))
   except Exception as err:  # orbax and tensorstore raise many types for damaged files
     raise CheckpointError(_unreadable(manager.directory / str(step), err)) from err
   return restored["state"], dict(restored["meta"])

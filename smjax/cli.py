@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from smjax import checkpoint, config as config_lib, data, run, runtime
+from smjax import checkpoint, config as config_lib, data, distributed, run, runtime
 
 
 COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr")
@@ -51,6 +51,16 @@ def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) ->
                       "report in WORKDIR/report/ (mean ± std, paired t-intervals)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard the checkpoints and metrics of a run with another config")
+  cluster = parser.add_argument_group(
+      "several processes (smjax/distributed.py)",
+      "run the same command in every process; --distributed alone where jax finds the cluster "
+      "itself (TPU pod slices, SLURM), else the three explicit settings")
+  cluster.add_argument("--distributed", action="store_true", help="join a multi-process run")
+  cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+  cluster.add_argument("--num-processes", type=int, metavar="N")
+  cluster.add_argument("--process-id", type=int, metavar="I")
+  cluster.add_argument("--distributed-timeout", type=int, default=60, metavar="SECONDS",
+                       help="give up joining after this long (default 60)")
   args = parser.parse_args(argv)
   if args.seeds and args.regime not in ("all", "tickets"):
     parser.error("--seeds runs every regime of each seed; leave out --regime")
@@ -67,10 +77,15 @@ def build_config(get_config, overrides: list[str]) -> config_lib.Config:
   return config_lib.with_overrides(get_config(**kwargs), overrides)
 
 
+def _say(text: str) -> None:
+  if distributed.is_writer():
+    print(text, flush=True)
+
+
 def _record_command(workdir: Path, name: str, argv) -> None:
   """WORKDIR/command.txt: the command that made a study, for its report (the first one kept)."""
   path = workdir / "command.txt"
-  if not path.exists():
+  if distributed.is_writer() and not path.exists():
     workdir.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else argv
     path.write_text(" ".join(["python -m", f"experiments.{name}", *map(shlex.quote, args)]) + "\n")
@@ -80,6 +95,13 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
   """Runs the experiment `get_config` describes; returns the process exit code."""
   runtime.configure()
   args = parse_args(name, argv, doc, get_config)
+  if args.distributed or args.coordinator:
+    try:
+      distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                             args.distributed_timeout)
+    except run.RunError as err:
+      print(f"error: {err}", file=sys.stderr)
+      return 2
   with _sigterm_interrupts():
     return _main(get_config, name, argv, args)
 
@@ -106,15 +128,15 @@ def _main(get_config, name: str, argv, args) -> int:
     if args.regime == "tickets":
       workdir = Path(args.workdir or f"runs/{name}_tickets")
       _record_command(workdir, name, argv)
-      print(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite)}")
+      _say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite)}")
     elif args.seeds:
       workdir = Path(args.workdir or f"runs/{name}")
       _record_command(workdir, name, argv)
-      print(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")
+      _say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")
     elif args.regime == "all":
       workdir = Path(args.workdir or f"runs/{name}")
       run.train_all(config, workdir, overwrite=args.overwrite)
-      print(f"report: {workdir / 'report' / 'summary.md'}")
+      _say(f"report: {workdir / 'report' / 'summary.md'}")
     else:
       workdir = Path(args.workdir or f"runs/{name}/{args.regime}")
       single = run.regime_configs(config, workdir.parent)[args.regime]
@@ -128,7 +150,8 @@ def _main(get_config, name: str, argv, args) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 2
   except run.Stopped as stopped:
-    print(stopped, file=sys.stderr)
+    if distributed.is_writer():
+      print(stopped, file=sys.stderr)
   except KeyboardInterrupt:  # outside the epoch loop (which stops gracefully): setup or report
     print("\ninterrupted outside training; every finished epoch is kept and no report is "
           "half-written; rerun the same command to continue", file=sys.stderr)

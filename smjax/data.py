@@ -163,7 +163,7 @@ def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
   local = batch_size // process_count
   for step in range(steps_per_epoch(split, batch_size)):
     idx = np.sort(order[step * batch_size:(step + 1) * batch_size]
-                  [process_index * local:(process_index + 1) * local])
+                  )[process_index * local:(process_index + 1) * local]  # any process count: same split
     yield {"image": _shard(split.images[idx], num_devices),
            "label": _shard(split.labels[idx], num_devices)}
 

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import checkpoint, data, models, optim, tickets, train as train_lib, workdir as workdir_lib
+from smjax import (checkpoint, data, distributed, models, optim, tickets, train as train_lib,
+                   workdir as workdir_lib)
 from smjax.config import Config, validate
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
@@ -82,17 +83,25 @@ def _resume(manager, workdir: Path, state) -> tuple:
     try:
       restored, meta = checkpoint.restore_state(manager, step, state)
     except checkpoint.CheckpointError as err:
-      moved = checkpoint.quarantine(manager.directory, step)
+      if distributed.is_writer():
+        moved = checkpoint.quarantine(manager.directory, step)
+        print(f"warning: {err}; moved to {moved}, trying the previous one", file=sys.stderr)
+      distributed.barrier(f"quarantined {step}")
       manager.reload()
-      print(f"warning: {err}; moved to {moved}, trying the previous one", file=sys.stderr)
       continue
     if meta.get("partial"):
-      workdir_lib.sync_metrics(workdir, meta["epoch"] - 1, None)
+      _sync_metrics(workdir, meta["epoch"] - 1, None)
       return restored, meta["epoch"], meta["history"], meta["seconds"]
-    workdir_lib.sync_metrics(workdir, meta["epoch"], meta["metrics"])
+    _sync_metrics(workdir, meta["epoch"], meta["metrics"])
     return restored, meta["epoch"] + 1, [], 0.0
-  workdir_lib.sync_metrics(workdir, 0, None)
+  _sync_metrics(workdir, 0, None)
   return state, 1, [], 0.0
+
+
+def _sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
+  if distributed.is_writer():
+    workdir_lib.sync_metrics(workdir, epoch, last_line)
+  distributed.barrier("metrics synced")
 
 
 # --------------------------------------------------------------------------
@@ -141,7 +150,7 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
   batches = itertools.islice(batches, done, None)
   if config.steps_per_call > 1:
     batches = data.stack_batches(batches, config.steps_per_call)
-  tty = sys.stderr.isatty()
+  tty = sys.stderr.isatty() and distributed.is_writer()
   history = []
   with tqdm(total=steps, initial=done, desc=f"{config.mode} {epoch}/{config.epochs}",
             disable=not tty, leave=False) as bar:
@@ -152,7 +161,7 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
       if tty and len(history) % 10 == 0:  # the only host sync inside the epoch, and only on a TTY
         bar.set_postfix(loss=f"{float(np.ravel(metrics['loss'][0])[-1]):.3f}",
                         acc=f"{float(np.ravel(metrics['accuracy'][0])[-1]):.3f}")
-      if stop:
+      if distributed.any_process(bool(stop)):  # every process stops at the same step
         break
   history = [[float(loss), float(acc)] for m in jax.device_get(history)
              for loss, acc in zip(np.ravel(m["loss"][0]), np.ravel(m["accuracy"][0]))]
@@ -201,7 +210,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   workdir = Path(workdir)
   workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
   if not overwrite and workdir_lib.finished(config, workdir):
-    print(f"{workdir}: finished ({config.epochs} epochs); nothing to do", flush=True)
+    _say(f"{workdir}: finished ({config.epochs} epochs); nothing to do")
     return read_metrics(workdir)
   data.check_batch_size(config.batch_size, jax.local_device_count(), jax.process_count())
   dataset = dataset or data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
@@ -212,12 +221,14 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     raise RunError(f"batch_size {config.batch_size} exceeds the {len(dataset.train)} training examples")
   model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
   state = initial_state(config, model, dataset, steps)
-  workdir_lib.claim(config, workdir, overwrite)
   checkpoints = checkpoint.checkpoint_dir(workdir)
-  for damaged in checkpoint.damaged_metrics(checkpoints):
-    moved = checkpoint.quarantine(checkpoints, damaged)
-    print(f"warning: checkpoint {checkpoints / str(damaged)} is unreadable (its saved metrics); "
-          f"moved to {moved}", file=sys.stderr)
+  if distributed.is_writer():
+    workdir_lib.claim(config, workdir, overwrite)
+    for damaged in checkpoint.damaged_metrics(checkpoints):
+      moved = checkpoint.quarantine(checkpoints, damaged)
+      print(f"warning: checkpoint {checkpoints / str(damaged)} is unreadable (its saved metrics); "
+            f"moved to {moved}", file=sys.stderr)
+  distributed.barrier("claimed")
   manager = checkpoint.make_manager(checkpoints, config.best_metric,
                                     keep_every_steps=config.keep_every_epochs * steps)
   state, first_epoch, history, seconds = _resume(manager, workdir, state)
@@ -273,14 +284,21 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
                       {**meta, "epoch": epoch, "metrics": line})
       for s in partial:  # mid-epoch checkpoints of a graceful stop are superseded
         manager.delete(s)
-      _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
-      workdir_lib.append_metrics(workdir, line)
-      print(_format_line(line), flush=True)
+      if distributed.is_writer():
+        _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
+        workdir_lib.append_metrics(workdir, line)
+        print(_format_line(line), flush=True)
       history = []
       if stop and epoch < config.epochs:
         raise Stopped(f"stopped after epoch {epoch}; rerun the same command to resume")
   manager.close()
   return read_metrics(workdir)
+
+
+def _say(text: str) -> None:
+  """A progress line, from process 0 only."""
+  if distributed.is_writer():
+    print(text, flush=True)
 
 
 def _format_line(line: dict) -> str:
@@ -330,8 +348,15 @@ def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = F
     if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / regime)):
       dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
     results[regime] = train(cfg, workdir / regime, overwrite=overwrite, dataset=dataset)
-  report.write_report(workdir)
+  _write_report(report.write_report, workdir)
   return results
+
+
+def _write_report(write, workdir: Path) -> Path:
+  """The report, written by process 0 alone; the path of its summary.md."""
+  summary = Path(write(workdir)) if distributed.is_writer() else workdir / "report"
+  distributed.barrier("report written")
+  return summary if summary.name == "summary.md" else summary / "summary.md"
 
 
 def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
@@ -341,13 +366,13 @@ def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], 
   workdir = Path(workdir)
   dataset = None
   for seed in seeds:
-    print(f"seed {seed}", flush=True)
+    _say(f"seed {seed}")
     for name, cfg in tickets.round_configs(config.replace(seed=seed), workdir / f"seed{seed}").items():
       validate(cfg)
       if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / f"seed{seed}" / name)):
         dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
       train(cfg, workdir / f"seed{seed}" / name, overwrite=overwrite, dataset=dataset)
-  return tickets.write_report(workdir)
+  return _write_report(tickets.write_report, workdir)
 
 
 def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
@@ -357,6 +382,6 @@ def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
   from smjax import study
   workdir = Path(workdir)
   for seed in seeds:
-    print(f"seed {seed}", flush=True)
+    _say(f"seed {seed}")
     train_all(config.replace(seed=seed), workdir / f"seed{seed}", overwrite=overwrite)
-  return study.write_report(workdir)
+  return _write_report(study.write_report, workdir)

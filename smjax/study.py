@@ -97,6 +97,11 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict:
                for runs in per_seed.values() if regime in runs and "weight" in runs]
       if pairs:
         out["paired_vs_weight"][regime] = paired_interval(*map(list, zip(*pairs)))
+  sampled = [(runs["mask"]["sampled_test_accuracy"], runs["weight"]["best_test_accuracy"])
+             for runs in per_seed.values() if "weight" in runs
+             and runs.get("mask", {}).get("sampled_test_accuracy") is not None]
+  if sampled:  # Bernoulli masks: the mean of sampled masks, the figure Zhou et al. report
+    out["paired_vs_weight"]["mask (sampled)"] = paired_interval(*map(list, zip(*sampled)))
   return out
 
 

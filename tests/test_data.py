@@ -75,6 +75,10 @@ def test_device_and_process_shards_are_disjoint_and_cover_the_batch(digits):
   images = lambda b: {im.tobytes() for im in b["image"].reshape(-1, 8, 8, 1)}
   assert images(shards[0]).isdisjoint(images(shards[1]))
   assert images(shards[0]) | images(shards[1]) == images(full)
+  # every example sits on the same global device, at the same place, whatever the process count
+  # (its augmentation is keyed by that place)
+  for key in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), full[key])
 
 
 def test_batch_that_does_not_split_is_refused():

@@ -70,7 +70,8 @@ def test_sigkill_at_arbitrary_moments_then_resume(reference, tmp_path):
     time.sleep(rng.uniform(0, 0.3))  # anywhere: mid-epoch, mid-checkpoint, mid-metrics line
     proc.kill()
     assert proc.wait() == -signal.SIGKILL  # it was still running
-  subprocess.run(command(tmp_path), cwd=ROOT, check=True, capture_output=True)
+  rerun = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert_same_run(reference, tmp_path)
 
 

@@ -36,7 +36,12 @@ def test_aggregation_matches_hand_computed_values():
   assert (diff["low"], diff["high"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
   mask = out["paired_vs_weight"]["mask"]  # -0.10, -0.09, -0.08
   assert mask["mean"] == pytest.approx(-0.09) and mask["high"] < 0
-  assert "weight" not in out["paired_vs_weight"]
+  assert "weight" not in out["paired_vs_weight"] and "mask (sampled)" not in out["paired_vs_weight"]
+  for seed, value in zip(per_seed, (0.88, 0.93, 0.93)):  # sampled Bernoulli masks
+    per_seed[seed]["mask"]["sampled_test_accuracy"] = value
+  sampled = study.aggregate(per_seed)["paired_vs_weight"]["mask (sampled)"]  # -0.02, +0.01, -0.01
+  assert sampled["n"] == 3 and sampled["mean"] == pytest.approx(-0.02 / 3)
+  assert sampled["std"] == pytest.approx(np.sqrt((0.04 ** 2 + 0.05 ** 2 + 0.01 ** 2) / 9 / 2))  # deviations -4/3, 5/3, -1/3 %
 
 
 def test_one_seed_has_no_spread_and_no_interval():

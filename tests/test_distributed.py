@@ -1,0 +1,122 @@
+"""One run over two local processes (2 CPU devices each) against one process with 4 devices."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from smjax import checkpoint, run
+
+ROOT = Path(__file__).parents[1]
+SETS = ["model=lenet300-100", "batch_size=32", "epochs=4", "val_size=100"]
+ARGS = ["--regime", "weight", *[a for s in SETS for a in ("--set", s)]]
+TIMING = {"seconds", "images_per_second"}
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def start(workdir, devices, *extra, process=None):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "PYTHONUNBUFFERED": "1"}
+  return subprocess.Popen([sys.executable, "-m", "experiments.digits", "--workdir", str(workdir),
+                           *ARGS, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def start_two(workdir, port=None, *extra):
+  port = port or free_port()
+  cluster = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--distributed-timeout", "20"]
+  return [start(workdir, 2, *cluster, "--process-id", str(i), *extra) for i in (0, 1)]
+
+
+def finish(procs, timeout=240):
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  assert [p.returncode for p in procs] == [0] * len(procs), outs
+  return outs
+
+
+def state(workdir):
+  return jax.tree.leaves(checkpoint.restore(workdir, which="latest")["state"])
+
+
+def metrics(workdir):
+  return [{k: v for k, v in m.items() if k not in TIMING} for m in run.read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+  finish([start(one, 4)])
+  outs = finish(start_two(two))
+  return {"one": one, "two": two, "outs": outs}
+
+
+def test_two_processes_give_the_one_process_run(runs):
+  """Same examples on the same global devices, so the same run; the cross-process mean of the
+  gradients sums in another order than the in-process one, hence 1e-6, not bit for bit."""
+  a, b = metrics(runs["one"]), metrics(runs["two"])
+  assert [m["epoch"] for m in b] == [1, 2, 3, 4]
+  for ma, mb in zip(a, b, strict=True):
+    assert ma.keys() == mb.keys()
+    for key in ma:
+      close = pytest.approx(mb[key], rel=1e-6, abs=1e-6) if isinstance(ma[key], float) else mb[key]
+      assert ma[key] == close, key
+  for x, y in zip(state(runs["one"]), state(runs["two"]), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+  (out0, _), (out1, _) = runs["outs"]
+  assert out0.count("[weight] epoch") == 4 and "[weight] epoch" not in out1  # process 0 reports
+
+
+def test_sigterm_to_one_process_stops_both_and_all_resume(runs, tmp_path):
+  procs = start_two(tmp_path)
+  deadline = time.time() + 180
+  while len(run.read_metrics(tmp_path)) < 2:
+    assert time.time() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = finish(procs, timeout=60)
+  assert "rerun the same command to resume" in outs[0][1]
+  assert len(run.read_metrics(tmp_path)) < 4
+  finish(start_two(tmp_path))
+  assert metrics(tmp_path) == metrics(runs["two"])
+  for x, y in zip(state(tmp_path), state(runs["two"]), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_sigkill_of_one_process_ends_the_other_and_all_resume(runs, tmp_path):
+  procs = start_two(tmp_path)
+  deadline = time.time() + 180
+  while len(run.read_metrics(tmp_path)) < 2:
+    assert time.time() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  procs[1].kill()
+  killed = time.time()
+  procs[0].communicate(timeout=60)  # JAX's runtime ends it once the heartbeats stop (20 s)
+  assert procs[0].returncode != 0 and time.time() - killed < 45
+  finish(start_two(tmp_path))
+  assert metrics(tmp_path) == metrics(runs["two"])
+  for x, y in zip(state(tmp_path), state(runs["two"]), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_an_unreachable_coordinator_is_one_error_line_in_bounded_time(tmp_path):
+  began = time.time()
+  proc = start(tmp_path, 2, "--coordinator", f"localhost:{free_port()}", "--num-processes", "2",
+               "--process-id", "1", "--distributed-timeout", "5")
+  _, err = proc.communicate(timeout=120)
+  lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(lines) == 1 and "could not reach the coordinator" in lines[0]
+  assert time.time() - began < 60
+  assert not (tmp_path / "config.json").exists()
