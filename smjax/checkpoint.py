@@ -27,9 +27,10 @@ from smjax.config import best_metric
 
 ITEMS = ("state", "masks", "meta")
 # What orbax logs at WARNING about settings this module chose on purpose (read-only managers
-# for reading); nothing a user can act on. Other orbax warnings still show.
+# for reading, unranked mid-epoch checkpoints); nothing a user can act on. Others still show.
 EXPECTED_WARNINGS = ("CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
-                     "Given directory is read only=")
+                     "Given directory is read only=",
+                     "Requested `tracked_metric`; did not provide metrics.")  # mid-epoch stops
 
 
 class _DropExpectedWarnings(logging.Filter):

@@ -247,3 +247,13 @@ def test_a_signal_outside_training_gives_a_true_message(tmp_path, capsys, monkey
   err = capsys.readouterr().err
   assert "interrupted outside training" in err and "before training started" not in err
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_orbax_warnings_a_user_cannot_act_on_are_dropped(reference, caplog):
+  import logging
+  with caplog.at_level(logging.WARNING):
+    checkpoint.restore(reference)  # a read-only manager
+    for text in checkpoint.EXPECTED_WARNINGS:
+      logging.getLogger("absl").warning(f"orbax says: {text}")
+    logging.getLogger("absl").warning("a warning that matters")
+  assert [r.getMessage() for r in caplog.records] == ["a warning that matters"]
