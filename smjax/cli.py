@@ -77,11 +77,6 @@ def build_config(get_config, overrides: list[str]) -> config_lib.Config:
   return config_lib.with_overrides(get_config(**kwargs), overrides)
 
 
-def _say(text: str) -> None:
-  if distributed.is_writer():
-    print(text, flush=True)
-
-
 def _record_command(workdir: Path, name: str, argv) -> None:
   """WORKDIR/command.txt: the command that made a study, for its report (the first one kept)."""
   path = workdir / "command.txt"
@@ -128,15 +123,15 @@ def _main(get_config, name: str, argv, args) -> int:
     if args.regime == "tickets":
       workdir = Path(args.workdir or f"runs/{name}_tickets")
       _record_command(workdir, name, argv)
-      _say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite)}")
+      distributed.say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite)}")
     elif args.seeds:
       workdir = Path(args.workdir or f"runs/{name}")
       _record_command(workdir, name, argv)
-      _say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")
+      distributed.say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite)}")
     elif args.regime == "all":
       workdir = Path(args.workdir or f"runs/{name}")
       run.train_all(config, workdir, overwrite=args.overwrite)
-      _say(f"report: {workdir / 'report' / 'summary.md'}")
+      distributed.say(f"report: {workdir / 'report' / 'summary.md'}")
     else:
       workdir = Path(args.workdir or f"runs/{name}/{args.regime}")
       single = run.regime_configs(config, workdir.parent)[args.regime]

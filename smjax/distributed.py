@@ -62,6 +62,12 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def say(text: str) -> None:
+  """A progress line on stdout, from process 0 only."""
+  if is_writer():
+    print(text, flush=True)
+
+
 def barrier(name: str) -> None:
   """Waits until every process gets here (no-op for one process)."""
   if jax.process_count() > 1:

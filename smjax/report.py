@@ -89,6 +89,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def write_report(workdir: str | Path) -> Path:
+  """WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; returns summary.md's path."""
   workdir = Path(workdir)
   summary = summarize(workdir)
   if not summary["regimes"]:
@@ -98,7 +99,7 @@ def write_report(workdir: str | Path) -> Path:
     if summary["layers"]:
       plot_mask_utilization(summary["layers"], out / "mask_utilization.png")
     (out / "summary.md").write_text(summary_markdown(summary))
-  return workdir / "report"
+  return workdir / "report" / "summary.md"
 
 
 def main(argv=None) -> int:
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     elif study.seed_dirs(args.workdir):
       summary = study.write_report(args.workdir)
     else:
-      summary = write_report(args.workdir) / "summary.md"
+      summary = write_report(args.workdir)
   except (FileNotFoundError, checkpoint.CheckpointError, RunError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -210,7 +210,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   workdir = Path(workdir)
   workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
   if not overwrite and workdir_lib.finished(config, workdir):
-    _say(f"{workdir}: finished ({config.epochs} epochs); nothing to do")
+    distributed.say(f"{workdir}: finished ({config.epochs} epochs); nothing to do")
     return read_metrics(workdir)
   data.check_batch_size(config.batch_size, jax.local_device_count(), jax.process_count())
   dataset = dataset or data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
@@ -295,12 +295,6 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   return read_metrics(workdir)
 
 
-def _say(text: str) -> None:
-  """A progress line, from process 0 only."""
-  if distributed.is_writer():
-    print(text, flush=True)
-
-
 def _format_line(line: dict) -> str:
   pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
   return (f"[{line['mode']}] epoch {line['epoch']}: train loss {line['train_loss']:.4f} "
@@ -354,9 +348,9 @@ def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = F
 
 def _write_report(write, workdir: Path) -> Path:
   """The report, written by process 0 alone; the path of its summary.md."""
-  summary = Path(write(workdir)) if distributed.is_writer() else workdir / "report"
+  summary = write(workdir) if distributed.is_writer() else workdir / "report" / "summary.md"
   distributed.barrier("report written")
-  return summary if summary.name == "summary.md" else summary / "summary.md"
+  return summary
 
 
 def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
@@ -366,7 +360,7 @@ def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], 
   workdir = Path(workdir)
   dataset = None
   for seed in seeds:
-    _say(f"seed {seed}")
+    distributed.say(f"seed {seed}")
     for name, cfg in tickets.round_configs(config.replace(seed=seed), workdir / f"seed{seed}").items():
       validate(cfg)
       if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / f"seed{seed}" / name)):
@@ -382,6 +376,6 @@ def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
   from smjax import study
   workdir = Path(workdir)
   for seed in seeds:
-    _say(f"seed {seed}")
+    distributed.say(f"seed {seed}")
     train_all(config.replace(seed=seed), workdir / f"seed{seed}", overwrite=overwrite)
   return _write_report(study.write_report, workdir)
