@@ -215,8 +215,9 @@ def _plot(table: dict, supermasks: list[dict], path: Path) -> None:
 
 def _markdown(result: dict) -> str:
   table = result["runs"]
-  ms = lambda v, scale=100: "-" if v["mean"] is None else (
-      f"{scale * v['mean']:.2f}" + (f" ± {scale * v['std']:.2f}" if v["std"] is not None else ""))
+  ms = lambda v, scale=100, digits=2: "-" if v["mean"] is None else (
+      f"{scale * v['mean']:.{digits}f}" +
+      (f" ± {scale * v['std']:.{digits}f}" if v["std"] is not None else ""))
   out = ["# Lottery tickets (iterative magnitude pruning, rewound to the init)", ""]
   if result["command"]:
     out += ["```", result["command"], "```", ""]
@@ -226,9 +227,9 @@ def _markdown(result: dict) -> str:
   for name in sorted((n for n in table if "_" not in n), key=_round_number):
     row, control = table[name], table.get(f"{name}_reinit")
     out.append(f"| {_round_number(name)} | {ms(row['kept'])} | {ms(row['best_test_accuracy'])} | "
-               f"{ms(row['epochs_to_99'], 1)} | "
+               f"{ms(row['epochs_to_99'], 1, 1)} | "
                f"{ms(control['best_test_accuracy']) if control else '-'} | "
-               f"{ms(control['epochs_to_99'], 1) if control else '-'} | "
+               f"{ms(control['epochs_to_99'], 1, 1) if control else '-'} | "
                f"{row['best_test_accuracy']['n']} |")
   if result["supermasks"]:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
