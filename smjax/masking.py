@@ -242,7 +242,9 @@ def topk_ste(scores: jax.Array, fraction: float):
   `fraction` is the fraction **kept** (Ramanujan et al., 2020, "What's hidden
   in a randomly weighted neural network?"). Exactly `kept_count(size, fraction)`
   entries are 1: everything above the k-th largest |score|, then ties at it in
-  flat order. Backward: identity, `g`.
+  flat order. Backward: straight through to |score|, then through the absolute
+  value, `g * sign(score)` (sign(0) = 1), as edge-popup's `scores.abs()`; passing
+  `g` to a negative score would move its |score| the wrong way.
   """
   flat = jnp.abs(scores.astype(jnp.float32)).reshape(-1)
   mask = topk_flat_mask(flat, kept_count(flat.size, fraction), kth_largest_method())
@@ -250,12 +252,12 @@ def topk_ste(scores: jax.Array, fraction: float):
 
 
 def _topk_fwd(scores, fraction):
-  return topk_ste(scores, fraction), None
+  return topk_ste(scores, fraction), scores >= 0
 
 
-def _topk_bwd(fraction, res, g):
-  del fraction, res
-  return (g,)
+def _topk_bwd(fraction, non_negative, g):
+  del fraction
+  return (jnp.where(non_negative, g, -g),)
 
 
 topk_ste.defvjp(_topk_fwd, _topk_bwd)

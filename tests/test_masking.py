@@ -100,7 +100,7 @@ def test_topk_keeps_exact_count_of_largest_abs(wrap, fraction):
     assert kept.min() >= dropped.max()
   g = jax.random.normal(jax.random.key(2), s.shape)
   grad = jax.grad(lambda s: jnp.sum(masking.topk_ste(s, fraction) * g))(s)
-  np.testing.assert_array_equal(grad, g)
+  np.testing.assert_array_equal(grad, np.where(s >= 0, g, -g))  # through |s|, as edge-popup
 
 
 def topk_reference(s, k):
