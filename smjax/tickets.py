@@ -6,9 +6,10 @@ Frankle & Carbin (2019): train the weights (round 0, a weight run); keep the lar
 each layer's surviving weights (`prune_rate` of a hidden layer's survivors and
 `prune_rate_output` of the output layer's are pruned per round; `prune_scope="global"` ranks
 all layers together at `prune_rate`); rewind the survivors to their values at initialization;
-retrain (`run.train_tickets`). A round is a finetune-mode run whose frozen mask comes from pruning the previous
-round's best checkpoint (`prune_from`), so `smjax.inspect` reads it unchanged. The control
-`round<R>_reinit` trains the same mask from freshly drawn weights (`reinit_seed`).
+retrain (`run.train_tickets`). A round is a finetune-mode run whose frozen mask comes from
+pruning the previous round's best checkpoint (`prune_from`), so `smjax.inspect` reads it
+unchanged. The control `round<R>_reinit` trains the same mask from freshly drawn weights
+(`reinit_seed`).
 
 Writes WORKDIR/seed<N>/round<R>[_reinit]/ and WORKDIR/report/{summary.md, tickets.json,
 tickets.png}; rerunning resumes at the round and epoch where it stopped.
