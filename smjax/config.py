@@ -16,8 +16,9 @@ WEIGHT_INITS = ("default", "signed_constant")
 DTYPES = ("float32", "bfloat16")
 PLACE_ONLY = ("data_dir",)
 FINETUNE_ONLY = ("finetune_optimizer", "finetune_lr", "finetune_epochs", "original_finetune",
-                 "mask_run", "prune_from", "reinit_seed")
-PRUNING = ("prune_rate", "prune_rate_output", "prune_scope")  # decide a ticket round's mask
+                 "mask_run", "prune_from", "reinit_seed", "random_mask_seed", "rewind_from")
+PRUNING = ("prune_rate", "prune_rate_output", "prune_scope", "rewind_epoch")  # a ticket round's start
+TICKET_CONTROLS = ("reinit", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,14 @@ class Config:
   prune_rate: float = 0.2             # share of a hidden layer's survivors pruned per round
   prune_rate_output: float = 0.1      # ... of the output layer's (Frankle & Carbin, FC nets)
   prune_scope: str = "layer"          # "layer" | "global" (all layers ranked at prune_rate)
+  rewind_epoch: int = 0               # survivors rewound to the init (0) or to round0's weights
+                                      # after this epoch ("late rewinding", Frankle et al. 2020)
+  ticket_controls: str = "reinit,random"  # per round also: the mask with freshly drawn weights,
+                                      # a random mask with the ticket's per-layer densities
   prune_from: str = ""                # finetune: prune this run's best weights for the mask
+  rewind_from: str = ""               # finetune: ... and start from this run's rewind_epoch weights
   reinit_seed: int = -1               # >= 0: initial weights from this seed (the control)
+  random_mask_seed: int = -1          # >= 0: the pruned mask's counts, at random places (control)
 
   def replace(self, **kwargs) -> "Config":
     return dataclasses.replace(self, **kwargs)
@@ -102,7 +109,7 @@ class Config:
 
     Where the data lies is not part of it, nor, outside finetune mode, how a later fine-tune
     of the same init would go."""
-    ignored = PLACE_ONLY + ("ticket_rounds",) + (
+    ignored = PLACE_ONLY + ("ticket_rounds", "ticket_controls") + (
         FINETUNE_ONLY + PRUNING if self.mode != "finetune" else ())
     return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
@@ -191,9 +198,15 @@ def validate(config: Config) -> None:
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
   for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals",
-              "crop_padding"):
+              "crop_padding", "rewind_epoch"):
     if getattr(config, key) < 0:
       raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
+  if config.rewind_epoch > config.epochs:
+    raise ValueError(f"rewind_epoch {config.rewind_epoch} is past the weight run's {config.epochs} epochs")
+  for control in filter(None, config.ticket_controls.split(",")):
+    if control not in TICKET_CONTROLS:
+      raise ValueError(f"unknown ticket control {control!r} in ticket_controls; known: "
+                       f"{', '.join(TICKET_CONTROLS)} (comma-separated, or empty for none)")
   if config.topk_fraction == 0:
     raise ValueError("topk_fraction (the fraction kept) must be > 0")
   if config.val_size < 0 and config.val_size != -1:

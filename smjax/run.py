@@ -61,7 +61,8 @@ def finetune_start(config: Config) -> dict:
 def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> train_lib.TrainState:
   """The state before the first step: from `config.seed` (so every mode of one seed starts
   from bit-identical params), or, for finetune, from the mask run's best checkpoint; a ticket
-  round (`prune_from`) trains `config.seed`'s init (or `reinit_seed`'s) under a pruned mask."""
+  round (`prune_from`) trains `config.seed`'s init (or `reinit_seed`'s, or the weights it is
+  rewound to) under a pruned mask."""
   if config.mode == "finetune" and config.prune_from:
     start = tickets.pruned_start(config)
   else:
@@ -69,8 +70,9 @@ def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> t
   seed = config.reinit_seed if config.reinit_seed >= 0 else config.seed
   state = train_lib.create_state(jax.random.key(seed), model, dataset.input_shape, config,
                                  steps_per_epoch=steps, masks=start.get("masks"))
-  if "params" in start:  # a supermask's fine-tune goes on from the mask run's checkpoint
-    trainable = {"params": start["params"], "scores": start["scores"]}
+  if "params" in start:  # a supermask's fine-tune, a late-rewound ticket: from a checkpoint
+    trainable = {"params": start["params"],
+                 "scores": start.get("scores", state.trainable["scores"])}
     state = state.replace(trainable=trainable, batch_stats=start["batch_stats"],
                           opt_state=state.tx.init(trainable))
   return state

@@ -5,18 +5,21 @@
 Frankle & Carbin (2019): train the weights (round 0, a weight run); keep the largest |w| of
 each layer's surviving weights (`prune_rate` of a hidden layer's survivors and
 `prune_rate_output` of the output layer's are pruned per round; `prune_scope="global"` ranks
-all layers together at `prune_rate`); rewind the survivors to their values at initialization;
-retrain (`run.train_tickets`). A round is a finetune-mode run whose frozen mask comes from
-pruning the previous round's best checkpoint (`prune_from`), so `smjax.inspect` reads it
-unchanged. The control `round<R>_reinit` trains the same mask from freshly drawn weights
-(`reinit_seed`).
+all layers together at `prune_rate`); rewind the survivors to their values at initialization,
+or with `rewind_epoch=k` to round0's weights after epoch k (late rewinding, Frankle et al.
+2020); retrain (`run.train_tickets`). A round is a finetune-mode run whose frozen mask comes
+from pruning the previous round's best checkpoint (`prune_from`), so `smjax.inspect` reads it
+unchanged. Its controls (`ticket_controls`): `round<R>_reinit` trains the same mask from
+freshly drawn weights (`reinit_seed`); `round<R>_random` trains the rewound weights under a
+random mask with the ticket's per-layer counts (`random_mask_seed`).
 
-Writes WORKDIR/seed<N>/round<R>[_reinit]/ and WORKDIR/report/{summary.md, tickets.json,
-tickets.png}; rerunning resumes at the round and epoch where it stopped.
+Writes WORKDIR/seed<N>/round<R>[_reinit|_random]/ and WORKDIR/report/{summary.md,
+tickets.json, tickets.png}; rerunning resumes at the round and epoch where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,9 @@ from smjax.config import Config, best_metric
 from smjax.workdir import RunError, read_config, read_metrics, replaced_atomically, write_json_atomic
 
 REINIT_SEED_OFFSET = 10_000  # the control's weights: another seed's init, same data order
+RANDOM_MASK_SEED_OFFSET = 20_000
+CONTROLS = {"reinit": ("same mask, random reinit", "tab:gray"),
+            "random": ("random mask, same layer densities", "tab:red")}
 
 
 def magnitude_masks(params, masks, rates: dict[str, float], scope: str = "layer"):
@@ -58,8 +64,35 @@ def magnitude_masks(params, masks, rates: dict[str, float], scope: str = "layer"
   return traverse_util.unflatten_dict({tuple(n.split("/")): kept[n] for n in names})
 
 
+def random_masks(masks, seed: int):
+  """Masks keeping as many weights per layer as `masks`, at places drawn uniformly over the
+  whole layer (the random-pruning control). One permutation per layer and seed, so masks of
+  one seed at falling densities are nested."""
+  flat = traverse_util.flatten_dict(masks, sep="/")
+  out = {}
+  for i, name in enumerate(sorted(flat)):
+    mask = np.asarray(flat[name])
+    keep = np.zeros(mask.size, np.float32)
+    keep[np.random.default_rng([seed, i]).permutation(mask.size)[:int((mask != 0).sum())]] = 1
+    out[name] = keep.reshape(mask.shape)
+  return traverse_util.unflatten_dict({tuple(n.split("/")): m for n, m in out.items()})
+
+
+def rewound_weights(run_dir: str | Path, epoch: int) -> dict:
+  """{'params', 'batch_stats'} of `run_dir`'s checkpoint at the end of `epoch`."""
+  for step in checkpoint.steps(run_dir):
+    meta = checkpoint.read_meta(run_dir, step)
+    if meta.get("epoch") == epoch and not meta.get("partial"):
+      state = checkpoint.restore(run_dir, step=step)["state"]
+      return {"params": state["trainable"]["params"], "batch_stats": state["batch_stats"]}
+  raise RunError(f"{run_dir} kept no checkpoint of epoch {epoch} to rewind to "
+                 f"(it needs keep_every_epochs={epoch})")
+
+
 def pruned_start(config: Config) -> dict:
-  """The frozen masks of a ticket round: the previous round's best checkpoint pruned."""
+  """The start of a ticket round: the previous round's best checkpoint pruned (or that mask's
+  counts at random places), with the weights rewound to epoch `rewind_epoch` of `rewind_from`
+  unless the round draws fresh ones (`reinit_seed`) or rewinds to the init."""
   source_dir = Path(config.prune_from)
   if not (source_dir / "config.json").exists():
     raise RunError(f"prune_from={config.prune_from!r} is not a run directory (no config.json)")
@@ -73,18 +106,30 @@ def pruned_start(config: Config) -> dict:
   output_layer = best["meta"]["layers"][-1]  # layer names in forward order
   rates = {leaf: config.prune_rate_output if leaf.rsplit("/", 1)[0] == output_layer
            else config.prune_rate for leaf in traverse_util.flatten_dict(best["masks"], sep="/")}
-  return {"masks": magnitude_masks(best["state"]["trainable"]["params"], best["masks"], rates,
-                                   config.prune_scope)}
+  masks = magnitude_masks(best["state"]["trainable"]["params"], best["masks"], rates,
+                          config.prune_scope)
+  if config.random_mask_seed >= 0:
+    masks = random_masks(masks, config.random_mask_seed)
+  start = {"masks": masks}
+  if config.rewind_epoch and config.reinit_seed < 0:
+    start.update(rewound_weights(config.rewind_from, config.rewind_epoch))
+  return start
 
 
 def round_configs(config: Config, workdir: Path) -> dict[str, Config]:
-  """round0 (weight training of the init), then per round R the ticket (pruned from round
-  R-1, rewound to the init) and its random-reinitialization control, in the order to run."""
-  configs = {"round0": config.replace(mode="weight")}
+  """round0 (weight training of the init; it keeps the epoch to rewind to), then per round R
+  the ticket (pruned from round R-1, rewound) and its controls, in the order to run."""
+  keep = math.gcd(config.keep_every_epochs, config.rewind_epoch)
+  configs = {"round0": config.replace(mode="weight", keep_every_epochs=keep)}
+  rewind_from = str(workdir / "round0") if config.rewind_epoch else ""
+  controls = {"reinit": {"reinit_seed": config.seed + REINIT_SEED_OFFSET},
+              "random": {"random_mask_seed": config.seed + RANDOM_MASK_SEED_OFFSET}}
   for r in range(1, config.ticket_rounds + 1):
-    ticket = config.replace(mode="finetune", prune_from=str(workdir / f"round{r - 1}"), mask_run="")
+    ticket = config.replace(mode="finetune", prune_from=str(workdir / f"round{r - 1}"),
+                            rewind_from=rewind_from, mask_run="")
     configs[f"round{r}"] = ticket
-    configs[f"round{r}_reinit"] = ticket.replace(reinit_seed=config.seed + REINIT_SEED_OFFSET)
+    for control in filter(None, config.ticket_controls.split(",")):
+      configs[f"round{r}_{control}"] = ticket.replace(**controls[control])
   return configs
 
 
@@ -116,7 +161,7 @@ def seed_dirs(workdir: Path) -> dict[int, Path]:
 
 
 def collect(workdir: Path) -> dict:
-  """{'round<R>' or 'round<R>_reinit': {seed: row}} over the finished runs."""
+  """{'round<R>' or 'round<R>_<control>': {seed: row}} over the finished runs."""
   rows = {}
   for seed, seed_dir in seed_dirs(workdir).items():
     for run_dir in sorted(seed_dir.glob("round*")):
@@ -169,11 +214,14 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
   table = {name: {k: study.mean_std([r[k] for r in by_seed.values()]) for k in numbers}
            for name, by_seed in rows.items()}
   command = workdir / "command.txt"
+  firsts = sorted(workdir.glob("seed*/round1/config.json"))
+  rewind_epoch = read_config(firsts[0].parent).get("rewind_epoch", 0) if firsts else 0
   result = {"runs": table, "per_seed": rows, "supermasks": supermask_rows(workdir, supermask_studies),
+            "rewind": f"round0's weights after epoch {rewind_epoch}" if rewind_epoch else "the init",
             "command": command.read_text().strip() if command.exists() else None}
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "tickets.json", result)
-    _plot(table, result["supermasks"], out / "tickets.png")
+    _plot(table, result["supermasks"], result["rewind"], out / "tickets.png")
     (out / "summary.md").write_text(_markdown(result))
   return workdir / "report" / "summary.md"
 
@@ -182,17 +230,26 @@ def _round_number(name: str) -> int:
   return int(name.removeprefix("round").split("_")[0])
 
 
-def _plot(table: dict, supermasks: list[dict], path: Path) -> None:
+def _series(table: dict, control: str = "") -> list[str]:
+  """The ticket rounds (control "") or one control's rounds, in order; a control's line
+  starts at round0, the dense network."""
+  if not control:
+    return sorted((n for n in table if "_" not in n), key=_round_number)
+  names = sorted((n for n in table if n.endswith(f"_{control}")), key=_round_number)
+  return ["round0"] * ("round0" in table) + names
+
+
+def _plot(table: dict, supermasks: list[dict], rewind: str, path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for suffix, label, color in (("", "winning ticket (rewound to init)", "tab:green"),
-                               ("_reinit", "same mask, random reinit", "tab:gray")):
-    names = sorted((n for n in table if n.endswith(suffix) and ("_" in n) == bool(suffix)),
-                   key=_round_number)
-    if suffix:
-      names = ["round0"] * ("round0" in table) + names
+  series = [("", f"winning ticket (rewound to {rewind})", "tab:green")] + [
+      (c, label, color) for c, (label, color) in CONTROLS.items()]
+  for control, label, color in series:
+    names = _series(table, control)
+    if control and not any(n.endswith(f"_{control}") for n in names):
+      continue
     kept = [100 * table[n]["kept"]["mean"] for n in names]
     acc = [100 * table[n]["best_test_accuracy"]["mean"] for n in names]
     err = [100 * (table[n]["best_test_accuracy"]["std"] or 0) for n in names]
@@ -208,7 +265,7 @@ def _plot(table: dict, supermasks: list[dict], path: Path) -> None:
   ax.set(xlabel="% of weights kept (masked layers)", ylabel="test accuracy at best epoch (%)",
          title="Iterative magnitude pruning: mean over seeds, bars ±1 std")
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -219,19 +276,24 @@ def _markdown(result: dict) -> str:
   ms = lambda v, scale=100, digits=2: "-" if v["mean"] is None else (
       f"{scale * v['mean']:.{digits}f}" +
       (f" ± {scale * v['std']:.{digits}f}" if v["std"] is not None else ""))
-  out = ["# Lottery tickets (iterative magnitude pruning, rewound to the init)", ""]
+  controls = [c for c in CONTROLS if any(n.endswith(f"_{c}") for n in table)]
+  out = [f"# Lottery tickets (iterative magnitude pruning, rewound to {result['rewind']})", ""]
   if result["command"]:
     out += ["```", result["command"], "```", ""]
+  head = ["round", "kept (%)", "ticket: test acc (%)", "epoch reaching 99% of best"]
+  for control in controls:
+    head += [f"{CONTROLS[control][0]}: test acc (%)", "epoch reaching 99% of best"]
   out += ["Mean ± sample std over seeds; test accuracy at the epoch picked on validation.", "",
-          "| round | kept (%) | ticket: test acc (%) | epoch reaching 99% of best | random reinit: test acc (%) | epoch reaching 99% of best | n |",
-          "|---|---|---|---|---|---|---|"]
-  for name in sorted((n for n in table if "_" not in n), key=_round_number):
-    row, control = table[name], table.get(f"{name}_reinit")
-    out.append(f"| {_round_number(name)} | {ms(row['kept'])} | {ms(row['best_test_accuracy'])} | "
-               f"{ms(row['epochs_to_99'], 1, 1)} | "
-               f"{ms(control['best_test_accuracy']) if control else '-'} | "
-               f"{ms(control['epochs_to_99'], 1, 1) if control else '-'} | "
-               f"{row['best_test_accuracy']['n']} |")
+          "| " + " | ".join(head + ["n"]) + " |", "|---" * (len(head) + 1) + "|"]
+  for name in _series(table):
+    row = table[name]
+    cells = [str(_round_number(name)), ms(row["kept"]), ms(row["best_test_accuracy"]),
+             ms(row["epochs_to_99"], 1, 1)]
+    for control in controls:
+      other = table.get(f"{name}_{control}")
+      cells += [ms(other["best_test_accuracy"]), ms(other["epochs_to_99"], 1, 1)] if other \
+          else ["-", "-"]
+    out.append("| " + " | ".join(cells + [str(row["best_test_accuracy"]["n"])]) + " |")
   if result["supermasks"]:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
     out += ["", "## Supermasks of the same init at matched density", "",
@@ -248,4 +310,14 @@ def _markdown(result: dict) -> str:
       out.append(f"| {r['seed']} | {pct(r['kept'])} | {pct(r['supermask_test_accuracy'])} | "
                  f"{pct(r['finetuned_test_accuracy'])} | {ticket} | "
                  f"{pct(r.get('ticket_test_accuracy'))} | {overlap} |")
+    matched = [r for r in result["supermasks"] if "overlap" in r]
+    if matched:
+      out += ["", "### Per-layer density profiles", "",
+              "| seed | ticket round | layer | ticket kept (%) | supermask kept (%) | Jaccard (chance) |",
+              "|---|---|---|---|---|---|"]
+      for r in matched:
+        for layer in r["overlap"]["layers"]:
+          out.append(f"| {r['seed']} | {_round_number(r['ticket_round'])} | {layer['name']} | "
+                     f"{pct(layer['kept_a'])} | {pct(layer['kept_b'])} | "
+                     f"{layer['jaccard']:.3f} ({layer['chance_jaccard']:.3f}) |")
   return "\n".join(out) + "\n"

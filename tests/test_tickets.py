@@ -1,5 +1,10 @@
 """Iterative magnitude pruning: the pruning rule by hand, and ticket rounds end to end."""
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -38,6 +43,22 @@ def test_rounds_reach_the_compounded_densities():
   assert masks["head"]["kernel"].sum() == 118  # 200 -> 180 -> 162 -> 146 -> 131 -> 118
 
 
+def test_random_masks_keep_each_layers_count_at_seeded_nested_places():
+  rng = np.random.default_rng(1)
+  ticket = {"h": {"kernel": (rng.random((40, 30)) < 0.3).astype(np.float32)},
+            "head": {"kernel": (rng.random((30, 10)) < 0.7).astype(np.float32)}}
+  a, b = tickets.random_masks(ticket, 5), tickets.random_masks(ticket, 6)
+  for layer in ("h", "head"):
+    assert a[layer]["kernel"].sum() == ticket[layer]["kernel"].sum()
+    assert a[layer]["kernel"].shape == ticket[layer]["kernel"].shape
+    assert not np.array_equal(a[layer]["kernel"], b[layer]["kernel"])
+    assert not np.array_equal(a[layer]["kernel"], ticket[layer]["kernel"])
+  np.testing.assert_array_equal(a["h"]["kernel"], tickets.random_masks(ticket, 5)["h"]["kernel"])
+  sparser = tickets.magnitude_masks(ticket, ticket, {"h/kernel": 0.5, "head/kernel": 0.5})
+  smaller = tickets.random_masks(sparser, 5)  # one seed: the sparser random mask lies inside
+  assert np.all(smaller["h"]["kernel"] <= a["h"]["kernel"])
+
+
 SETS = ["model=lenet300-100", "batch_size=64", "epochs=2", "val_size=100", "ticket_rounds=2"]
 
 
@@ -47,8 +68,8 @@ def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, caps
           *[a for s in SETS for a in ("--set", s)]]
   assert cli.main(digits.get_config, "digits", args) == 0
   seed = tmp_path / "seed0"
-  assert sorted(p.name for p in seed.iterdir()) == ["round0", "round1", "round1_reinit",
-                                                   "round2", "round2_reinit"]
+  assert sorted(p.name for p in seed.iterdir()) == [
+      "round0", "round1", "round1_random", "round1_reinit", "round2", "round2_random", "round2_reinit"]
   config = Config(model="lenet300-100", dataset="digits")
   model = models.get("lenet300-100", 10)
   init = lambda s: train.init_variables(jax.random.key(s), model, (8, 8, 1), config)[0]
@@ -56,9 +77,12 @@ def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, caps
     source = checkpoint.restore(seed / f"round{r - 1}", which="best")
     expected = tickets.magnitude_masks(source["state"]["trainable"]["params"], source["masks"],
                                        {"dense1/kernel": 0.2, "dense2/kernel": 0.2, "head/kernel": 0.1})
-    for name, init_seed in ((f"round{r}", 0), (f"round{r}_reinit", tickets.REINIT_SEED_OFFSET)):
+    random = tickets.random_masks(expected, tickets.RANDOM_MASK_SEED_OFFSET)
+    for name, init_seed, masks in ((f"round{r}", 0, expected),
+                                   (f"round{r}_reinit", tickets.REINIT_SEED_OFFSET, expected),
+                                   (f"round{r}_random", 0, random)):
       last = checkpoint.restore(seed / name, which="latest")
-      for a, b in zip(jax.tree.leaves(last["masks"]), jax.tree.leaves(expected), strict=True):
+      for a, b in zip(jax.tree.leaves(last["masks"]), jax.tree.leaves(masks), strict=True):
         np.testing.assert_array_equal(a, b)
       # pruned weights never train: they still hold the init the round was rewound to
       for layer in ("dense1", "dense2", "head"):
@@ -67,11 +91,13 @@ def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, caps
         np.testing.assert_array_equal(kernel[pruned], np.asarray(init(init_seed)[layer]["kernel"])[pruned])
   assert checkpoint.restore(seed / "round2")["masks"]["dense1"]["kernel"].mean() == pytest.approx(0.64, abs=1e-4)
   summary = (tmp_path / "report" / "summary.md").read_text()
-  assert "| 2 | 64.34 | " in summary  # (0.64 * 49,200 + 0.81 * 1,000) / 50,200 and (tmp_path / "report" / "tickets.png").stat().st_size > 0
+  assert "| 2 | 64.34 | " in summary  # (0.64 * 49,200 + 0.81 * 1,000) / 50,200
+  assert "random mask, same layer densities: test acc (%)" in summary
+  assert (tmp_path / "report" / "tickets.png").stat().st_size > 0
   capsys.readouterr()
   monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("finished rounds reloaded data"))
   assert cli.main(digits.get_config, "digits", args) == 0
-  assert capsys.readouterr().out.count("finished (") == 5
+  assert capsys.readouterr().out.count("finished (") == 7
   monkeypatch.undo()
   # a top-k supermask of the same init beside them, matched to the nearest ticket
   supermask = tmp_path.parent / f"{tmp_path.name}_supermask"
@@ -90,3 +116,57 @@ def test_ticket_rounds_end_to_end_rewind_reinit_resume_and_report(tmp_path, caps
   assert row["overlap"]["total"] == pytest.approx(expected["total"])
   assert "## Supermasks of the same init at matched density" in \
       (tmp_path / "report" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_late_rewinding_starts_every_round_from_round0_after_epoch_k(tmp_path):
+  sets = ["model=lenet300-100", "batch_size=64", "epochs=3", "val_size=100", "ticket_rounds=1",
+          "rewind_epoch=1", "ticket_controls=random"]
+  args = ["--workdir", str(tmp_path), "--regime", "tickets", "--seeds", "0",
+          *[a for s in sets for a in ("--set", s)]]
+  assert cli.main(digits.get_config, "digits", args) == 0
+  seed = tmp_path / "seed0"
+  assert sorted(p.name for p in seed.iterdir()) == ["round0", "round1", "round1_random"]
+  rewound = tickets.rewound_weights(seed / "round0", 1)["params"]
+  first_epoch = [s for s in checkpoint.steps(seed / "round0")
+                 if checkpoint.read_meta(seed / "round0", s)["epoch"] == 1]
+  assert first_epoch  # round0 kept the epoch it is rewound to
+  for name in ("round1", "round1_random"):
+    last = checkpoint.restore(seed / name, which="latest")
+    for layer in ("dense1", "dense2", "head"):
+      pruned = last["masks"][layer]["kernel"] == 0
+      kernel = last["state"]["trainable"]["params"][layer]["kernel"]
+      assert pruned.any() and not pruned.all()
+      # the pruned weights never train: they hold round0's epoch-1 values bit for bit
+      np.testing.assert_array_equal(kernel[pruned], rewound[layer]["kernel"][pruned])
+  with pytest.raises(run.RunError, match="kept no checkpoint of epoch 7"):
+    tickets.rewound_weights(seed / "round0", 7)
+
+
+@pytest.mark.slow
+def test_kill_during_round_2_resumes_to_the_uninterrupted_result(tmp_path):
+  sets = ["model=lenet300-100", "batch_size=32", "epochs=4", "val_size=100", "ticket_rounds=2",
+          "ticket_controls="]
+  args = ["--regime", "tickets", "--seeds", "0", *[a for s in sets for a in ("--set", s)]]
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(reference), *args]) == 0
+  command = [sys.executable, "-m", "experiments.digits", "--workdir", str(killed), *args]
+  root = Path(__file__).parents[1]
+  proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 180
+  while len(run.read_metrics(killed / "seed0" / "round2")) < 2:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.02)
+  proc.kill()
+  assert proc.wait() < 0  # killed mid round 2
+  assert subprocess.run(command, cwd=root, capture_output=True).returncode == 0
+  timing = {"seconds", "images_per_second"}
+  for name in ("round0", "round1", "round2"):
+    a, b = run.read_metrics(reference / "seed0" / name), run.read_metrics(killed / "seed0" / name)
+    assert [{k: v for k, v in m.items() if k not in timing} for m in a] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in b]
+    ca = checkpoint.restore(reference / "seed0" / name, which="latest")
+    cb = checkpoint.restore(killed / "seed0" / name, which="latest")
+    for x, y in zip(jax.tree.leaves((ca["state"], ca["masks"])),
+                    jax.tree.leaves((cb["state"], cb["masks"])), strict=True):
+      np.testing.assert_array_equal(x, y)
