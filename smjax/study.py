@@ -133,7 +133,7 @@ def write_report(workdir: str | Path) -> Path:
   config_path = next(iter(seed_dirs(workdir).values())) / "mask" / "config.json"
   config = read_config(config_path.parent) if config_path.exists() else {}
   study.update(per_seed=per_seed, layers=list(layers.values()), epoch_seconds=seconds,
-               config=config, jax_version=jax.__version__, machine=_machine())
+               config=config, jax_version=jax.__version__, machine=machine())
   command = workdir / "command.txt"
   study["command"] = command.read_text().strip() if command.exists() else None
   with replaced_atomically(workdir / "report") as out:
@@ -145,7 +145,8 @@ def write_report(workdir: str | Path) -> Path:
   return workdir / "report" / "summary.md"
 
 
-def _machine() -> str:
+def machine() -> str:
+  """The machine a report was written on, in one line."""
   return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, Python {platform.python_version()}"
 
 

@@ -151,7 +151,8 @@ def _run_row(run_dir: Path) -> dict | None:
   return {"kept": 1 - inspect.mask_table(run_dir)["masked_fraction"],
           "best_test_accuracy": best["test_accuracy"],
           "final_test_accuracy": metrics[-1]["test_accuracy"],
-          "epochs_to_99": study.epochs_to_99(metrics)}
+          "epochs_to_99": study.epochs_to_99(metrics),
+          "seconds": sum(m["seconds"] for m in metrics)}
 
 
 def seed_dirs(workdir: Path) -> dict[int, Path]:
@@ -205,6 +206,8 @@ def supermask_rows(workdir: Path, supermask_studies: list[Path]) -> list[dict]:
 def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Path:
   """WORKDIR/report/{summary.md, tickets.json, tickets.png}, with the supermasks of
   `supermask_studies` beside the tickets where given."""
+  import jax
+
   from smjax import study
   workdir = Path(workdir)
   rows = collect(workdir)
@@ -218,7 +221,12 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
   rewind_epoch = read_config(firsts[0].parent).get("rewind_epoch", 0) if firsts else 0
   result = {"runs": table, "per_seed": rows, "supermasks": supermask_rows(workdir, supermask_studies),
             "rewind": f"round0's weights after epoch {rewind_epoch}" if rewind_epoch else "the init",
-            "command": command.read_text().strip() if command.exists() else None}
+            "command": command.read_text().strip() if command.exists() else None,
+            "epoch_seconds": {kind or "tickets": sum(r["seconds"] for name, by_seed in rows.items()
+                                                     if name.partition("_")[2] == kind
+                                                     for r in by_seed.values())
+                              for kind in ("",) + tuple(CONTROLS)},
+            "jax_version": jax.__version__, "machine": study.machine()}
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "tickets.json", result)
     _plot(table, result["supermasks"], result["rewind"], out / "tickets.png")
@@ -243,6 +251,7 @@ def _plot(table: dict, supermasks: list[dict], rewind: str, path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   fig, ax = plt.subplots(figsize=(7, 4.5))
   series = [("", f"winning ticket (rewound to {rewind})", "tab:green")] + [
       (c, label, color) for c, (label, color) in CONTROLS.items()]
@@ -261,9 +270,12 @@ def _plot(table: dict, supermasks: list[dict], rewind: str, path: Path) -> None:
     if points:
       ax.scatter(*zip(*points), marker="s", s=18, color=color, label=label)
   ax.set_xscale("log")
+  ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([100, 64, 41, 26, 17, 10.7, 7, 4.4, 2.8, 1.8, 1.2]))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.invert_xaxis()
   ax.set(xlabel="% of weights kept (masked layers)", ylabel="test accuracy at best epoch (%)",
-         title="Iterative magnitude pruning: mean over seeds, bars ±1 std")
+         title="Tickets and supermasks of one init: mean over seeds, bars ±1 std")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -320,4 +332,8 @@ def _markdown(result: dict) -> str:
           out.append(f"| {r['seed']} | {_round_number(r['ticket_round'])} | {layer['name']} | "
                      f"{pct(layer['kept_a'])} | {pct(layer['kept_b'])} | "
                      f"{layer['jaccard']:.3f} ({layer['chance_jaccard']:.3f}) |")
+  hours = ", ".join(f"{kind} {seconds / 3600:.2f} h" for kind, seconds in result["epoch_seconds"].items()
+                    if seconds)
+  out += ["", f"Wall-clock of the epochs (training and evaluation, all seeds): {hours}; "
+          f"jax {result['jax_version']}; {result['machine']}."]
   return "\n".join(out) + "\n"
