@@ -78,12 +78,15 @@ def build_config(get_config, overrides: list[str]) -> config_lib.Config:
 
 
 def _record_command(workdir: Path, name: str, argv) -> None:
-  """WORKDIR/command.txt: the command that made a study, for its report (the first one kept)."""
+  """WORKDIR/command.txt: every distinct command that ran a study (e.g. one that added seeds),
+  one per line, for its report."""
   path = workdir / "command.txt"
-  if distributed.is_writer() and not path.exists():
+  args = sys.argv[1:] if argv is None else argv
+  line = " ".join(["python -m", f"experiments.{name}", *map(shlex.quote, args)])
+  lines = path.read_text().splitlines() if path.exists() else []
+  if distributed.is_writer() and line not in lines:
     workdir.mkdir(parents=True, exist_ok=True)
-    args = sys.argv[1:] if argv is None else argv
-    path.write_text(" ".join(["python -m", f"experiments.{name}", *map(shlex.quote, args)]) + "\n")
+    path.write_text("\n".join(lines + [line]) + "\n")
 
 
 def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
@@ -120,6 +123,7 @@ def _sigterm_interrupts():
 def _main(get_config, name: str, argv, args) -> int:
   try:
     config = build_config(get_config, args.overrides)
+    config_lib.validate(config)  # before a study's command.txt is written
     if args.regime == "tickets":
       workdir = Path(args.workdir or f"runs/{name}_tickets")
       _record_command(workdir, name, argv)

@@ -122,6 +122,8 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     (["--set", "conv_algorithm=fft"], "unknown conv_algorithm"),
     (["--set", "conv_algorithm=winograd", "--set", "dtype=bfloat16"], "computes in float32"),
     (["--regime", "finetune"], "finetune needs"),
+    (["--regime", "tickets", "--set", "ticket_controls=reinit,shuffled"], "unknown ticket control"),
+    (["--regime", "tickets", "--set", "rewind_epoch=99"], "past the weight run's"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
   workdir = tmp_path / "run"

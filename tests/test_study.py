@@ -95,3 +95,7 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
   assert report.main([str(tmp_path)]) == 0
   rebuilt = json.loads((tmp_path / "report" / "study.json").read_text())
   assert rebuilt == result
+  # the commands that ran the study, each once
+  assert cli.main(digits.get_config, "digits", args[:4] + args[5:]) == 0  # --seeds 0
+  commands = (tmp_path / "command.txt").read_text().splitlines()
+  assert len(commands) == 2 and " --seeds 0 1 " in commands[0] and " --seeds 0 --set " in commands[1]
