@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import digits
-from smjax import checkpoint, cli, models, run, tickets, train
+from smjax import checkpoint, cli, data, models, run, tickets, train
 from smjax.config import Config
 
 
@@ -97,6 +97,12 @@ def test_ticket_rounds_end_to_end_rewind_controls_resume_and_report(study, capsy
         pruned = last["masks"][layer]["kernel"] == 0
         kernel = last["state"]["trainable"]["params"][layer]["kernel"]
         np.testing.assert_array_equal(kernel[pruned], np.asarray(init(init_seed)[layer]["kernel"])[pruned])
+  # rewound to the init: round 2 starts from seed 0's initial weights, every one of them
+  config = cli.build_config(digits.get_config, SETS)
+  dataset = data.load("digits", val_size=100)
+  start = run.initial_state(tickets.round_configs(config, seed)["round2"], model, dataset, steps=10)
+  for a, b in zip(jax.tree.leaves(start.trainable["params"]), jax.tree.leaves(init(0)), strict=True):
+    np.testing.assert_array_equal(a, b)
   assert checkpoint.restore(seed / "round2")["masks"]["dense1"]["kernel"].mean() == pytest.approx(0.64, abs=1e-4)
   summary = (tmp_path / "report" / "summary.md").read_text()
   assert "| 2 | 64.34 | " in summary  # (0.64 * 49,200 + 0.81 * 1,000) / 50,200
@@ -147,6 +153,18 @@ def test_late_rewinding_starts_every_round_from_round0_after_epoch_k(tmp_path):
       assert pruned.any() and not pruned.all()
       # the pruned weights never train: they hold round0's epoch-1 values bit for bit
       np.testing.assert_array_equal(kernel[pruned], rewound[layer]["kernel"][pruned])
+  # a round starts from exactly those weights, every one of them; the reinit control does not
+  config = cli.build_config(digits.get_config, sets)
+  dataset = data.load("digits", val_size=100)
+  model = models.get(config.model, dataset.num_classes)
+  configs = tickets.round_configs(config, seed)
+  for name in ("round1", "round1_random"):
+    start = run.initial_state(configs[name], model, dataset, steps=10).trainable["params"]
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(rewound), strict=True):
+      np.testing.assert_array_equal(a, b)
+  reinit = run.initial_state(configs["round1"].replace(reinit_seed=tickets.REINIT_SEED_OFFSET),
+                             model, dataset, steps=10).trainable["params"]
+  assert not np.array_equal(reinit["dense1"]["kernel"], rewound["dense1"]["kernel"])
   with pytest.raises(run.RunError, match="kept no checkpoint of epoch 7"):
     tickets.rewound_weights(seed / "round0", 7)
 
