@@ -244,7 +244,12 @@ def test_a_signal_outside_training_gives_a_true_message(tmp_path, capsys, monkey
   # so the test does not depend on when a loaded machine delivers the signal)
   monkeypatch.setattr(run, "train_all", lambda *a, **k: signal.getsignal(signum)(signum, None))
   before = signal.getsignal(signal.SIGTERM)
-  assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path)]) == 130
+  # Python's own Ctrl-C handler, also where this process was started with SIGINT ignored
+  previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path)]) == 130
+  finally:
+    signal.signal(signal.SIGINT, previous_int)
   err = capsys.readouterr().err
   assert "interrupted outside training" in err and "before training started" not in err
   assert signal.getsignal(signal.SIGTERM) == before
