@@ -5,6 +5,9 @@
     train_seeds(config, workdir, seeds)   train_all per seed, then the aggregated report
     train_tickets(config, workdir, seeds) lottery-ticket rounds per seed, then their report
 
+The last three take `jobs`: how many runs train at once, each in its own process on its own
+share of the CPU cores (smjax/parallel.py).
+
 Rerunning on an existing run directory resumes from its latest readable checkpoint. SIGTERM or
 Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
 """
@@ -138,7 +141,7 @@ def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, key=None
 
 
 def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
-                done: int, stop: list) -> tuple:
+                done: int, stop: list, progress: bool = True) -> tuple:
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
   `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (then the
@@ -152,7 +155,7 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
   batches = itertools.islice(batches, done, None)
   if config.steps_per_call > 1:
     batches = data.stack_batches(batches, config.steps_per_call)
-  tty = sys.stderr.isatty() and distributed.is_writer()
+  tty = progress and sys.stderr.isatty() and distributed.is_writer()
   history = []
   with tqdm(total=steps, initial=done, desc=f"{config.mode} {epoch}/{config.epochs}",
             disable=not tty, leave=False) as bar:
@@ -206,8 +209,11 @@ def _check_finite(history: list, epoch: int, first_step: int, last_good: int | N
 
 
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
-          dataset: data.Dataset | None = None) -> list[dict]:
-  """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines."""
+          dataset: data.Dataset | None = None, tag: str | None = None) -> list[dict]:
+  """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines.
+
+  `tag` (e.g. seed3/mask) prefixes the epoch lines of runs trained side by side, and turns the
+  progress bar off."""
   validate(config)
   workdir = Path(workdir)
   workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
@@ -252,7 +258,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     for epoch in range(first_epoch, config.epochs + 1):
       start_time = time.perf_counter() - seconds
       pstate, new, finished = train_epoch(p_step, pstate, dataset, config, epoch, step_key,
-                                           len(history), stop)
+                                           len(history), stop, progress=tag is None)
       history, seconds = history + new, 0.0
       state = train_lib.unreplicate(pstate)
       _check_finite(history, epoch, (epoch - 1) * steps, manager.latest_step())
@@ -289,7 +295,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
       if distributed.is_writer():
         _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
         workdir_lib.append_metrics(workdir, line)
-        print(_format_line(line), flush=True)
+        print(_format_line(line, tag or config.mode), flush=True)
       history = []
       if stop and epoch < config.epochs:
         raise Stopped(f"stopped after epoch {epoch}; rerun the same command to resume")
@@ -297,9 +303,9 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   return read_metrics(workdir)
 
 
-def _format_line(line: dict) -> str:
+def _format_line(line: dict, tag: str) -> str:
   pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
-  return (f"[{line['mode']}] epoch {line['epoch']}: train loss {line['train_loss']:.4f} "
+  return (f"[{tag}] epoch {line['epoch']}: train loss {line['train_loss']:.4f} "
           f"acc {pct(line['train_accuracy'])} | val {pct(line['val_accuracy'])} | "
           f"test {pct(line['test_accuracy'])} | masked {pct(line['masked_fraction'])} | "
           f"{line['seconds']:.1f}s, {line['images_per_second']:.0f} img/s")
@@ -330,22 +336,41 @@ def all_regimes(config: Config) -> tuple[str, ...]:
   return ("mask", "weight", "finetune") + (("finetune_original",) if config.original_finetune else ())
 
 
-def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = False) -> None:
+  """Trains every run of {workdir: config} not yet finished, after validating them all: in
+  order in this process, or `jobs` at a time in worker processes (a run after those it starts
+  from). The runs share one dataset."""
+  for workdir, cfg in runs.items():
+    validate(cfg)
+    workdir_lib.check(cfg, workdir, overwrite)
+  finished = [w for w, c in runs.items() if not overwrite and workdir_lib.finished(c, w)]
+  for workdir in finished:
+    distributed.say(f"{workdir}: finished ({runs[workdir].epochs} epochs); nothing to do")
+  runs = {w: c for w, c in runs.items() if w not in finished}
+  if jobs > 1 and len(runs) > 1:
+    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+      raise RunError(f"--jobs > 1 shares one machine's CPU cores; on {jax.default_backend()} "
+                     f"with {jax.process_count()} process(es), run one job")
+    from smjax import parallel
+    parallel.run_jobs(runs, jobs, overwrite=overwrite)
+    return
+  dataset = None
+  for workdir, cfg in runs.items():
+    distributed.say(str(workdir))
+    if dataset is None:
+      dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size)
+    train(cfg, workdir, overwrite=overwrite, dataset=dataset)
+
+
+def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
+              jobs: int = 1) -> None:
   """mask, weight and finetune-from-mask's-best (and finetune_original) in WORKDIR/<regime>,
   then the report. Finished runs are not started again."""
   from smjax import report
   workdir = Path(workdir)
-  configs = {r: c for r, c in regime_configs(config, workdir).items() if r in all_regimes(config)}
-  for regime, cfg in configs.items():
-    validate(cfg)
-    workdir_lib.check(cfg, workdir / regime, overwrite)
-  dataset, results = None, {}
-  for regime, cfg in configs.items():
-    if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / regime)):
-      dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
-    results[regime] = train(cfg, workdir / regime, overwrite=overwrite, dataset=dataset)
+  configs = regime_configs(config, workdir)
+  train_runs({workdir / r: configs[r] for r in all_regimes(config)}, jobs=jobs, overwrite=overwrite)
   _write_report(report.write_report, workdir)
-  return results
 
 
 def _write_report(write, workdir: Path) -> Path:
@@ -356,28 +381,29 @@ def _write_report(write, workdir: Path) -> Path:
 
 
 def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, jobs: int = 1) -> Path:
   """Every ticket round of every seed in WORKDIR/seed<N>/round<R>[_reinit]/ (see
   `smjax.tickets`), then the report; returns its summary.md. Finished rounds are skipped."""
   workdir = Path(workdir)
-  dataset = None
-  for seed in seeds:
-    distributed.say(f"seed {seed}")
-    for name, cfg in tickets.round_configs(config.replace(seed=seed), workdir / f"seed{seed}").items():
-      validate(cfg)
-      if dataset is None and (overwrite or not workdir_lib.finished(cfg, workdir / f"seed{seed}" / name)):
-        dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
-      train(cfg, workdir / f"seed{seed}" / name, overwrite=overwrite, dataset=dataset)
+  train_runs({workdir / f"seed{seed}" / name: cfg for seed in seeds
+              for name, cfg in tickets.round_configs(config.replace(seed=seed),
+                                                     workdir / f"seed{seed}").items()},
+             jobs=jobs, overwrite=overwrite)
   return _write_report(tickets.write_report, workdir)
 
 
 def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
-                overwrite: bool = False) -> Path:
-  """`--regime all` once per seed in WORKDIR/seed<N>/, then the aggregated report in
-  WORKDIR/report/; returns its summary.md. Rerunning resumes; finished seeds are skipped."""
-  from smjax import study
+                overwrite: bool = False, jobs: int = 1) -> Path:
+  """`--regime all` once per seed in WORKDIR/seed<N>/, then each seed's report and the
+  aggregated one in WORKDIR/report/; returns its summary.md. Rerunning resumes; finished runs
+  are skipped."""
+  from smjax import report, study
   workdir = Path(workdir)
+  runs = {}
   for seed in seeds:
-    distributed.say(f"seed {seed}")
-    train_all(config.replace(seed=seed), workdir / f"seed{seed}", overwrite=overwrite)
+    configs = regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
+    runs.update({workdir / f"seed{seed}" / r: configs[r] for r in all_regimes(config)})
+  train_runs(runs, jobs=jobs, overwrite=overwrite)
+  for seed in seeds:
+    _write_report(report.write_report, workdir / f"seed{seed}")
   return _write_report(study.write_report, workdir)

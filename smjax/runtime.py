@@ -16,6 +16,11 @@ Both must be in place before the work starts, so `configure()` runs first thing 
   (conv6 at batch 128: 123k minor faults and 917 ms per step, against none and 814 ms). It
   costs small steps a little (lenet300-100's 1.2 ms step about 8%); `MALLOC_ARENA_MAX` in the
   environment overrides it.
+
+It also turns on JAX's persistent compilation cache (in ~/.cache/smjax/jax, or
+$XDG_CACHE_HOME/smjax/jax), so the runs of a study after the first, and every rerun, load their
+steps instead of compiling them again: LeNet-300-100's first epoch 8.6 s -> 2.6 s.
+$JAX_COMPILATION_CACHE_DIR, when set, is used instead.
 """
 
 from __future__ import annotations
@@ -72,9 +77,21 @@ def steady_malloc() -> dict[str, int]:
   return applied
 
 
+def compilation_cache_dir() -> str:
+  """Where compiled steps are kept between processes: $JAX_COMPILATION_CACHE_DIR (which JAX reads
+  itself), else $XDG_CACHE_HOME/smjax/jax (~/.cache/smjax/jax)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache_home, "smjax", "jax")
+
+
 def configure() -> dict:
-  """Applies both settings (unless `SMJAX_DEFAULT_RUNTIME=0`); returns what it set."""
+  """Applies the settings above (unless `SMJAX_DEFAULT_RUNTIME=0`); returns what it set."""
   if os.environ.get(ENV_OPT_OUT, "1") == "0":
     return {}
+  import jax
   os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))
-  return {"XLA_FLAGS": os.environ["XLA_FLAGS"], "malloc": steady_malloc()}
+  jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
+  return {"XLA_FLAGS": os.environ["XLA_FLAGS"], "malloc": steady_malloc(),
+          "compilation_cache_dir": jax.config.jax_compilation_cache_dir}

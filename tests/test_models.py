@@ -9,8 +9,8 @@ SHAPES = [(28, 28, 1), (32, 32, 3), (8, 8, 1)]
 NAMES = ["lenet300-100", "conv2", "conv4", "conv6", "wrn10-1"]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,shape", [(n, s) for n in NAMES for s in SHAPES] +
+                         [("lenet5", s) for s in SHAPES[:2]], ids=str)  # 5x5 convs: not 8x8
 def test_forward_backward_every_shape(name, shape):
   model = models.get(name, num_classes=7)
   x = jax.random.normal(jax.random.key(0), (2, *shape))
@@ -36,6 +36,8 @@ def n_params(name, shape=(32, 32, 3), **kwargs):
 def test_parameter_counts():
   assert round(n_params("wrn28-10") / 1e6, 1) == 36.5
   assert n_params("lenet300-100", (28, 28, 1)) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+  assert n_params("lenet5", (28, 28, 1)) == (  # 28 -> 14 -> 10 -> 5: 16 x 5 x 5 features
+      25 * 6 + 6 + 25 * 6 * 16 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10)
   # maxpool downsampling has no strided convs but the same weights
   assert n_params("wrn16-4", downsampling="maxpool") == n_params("wrn16-4")
 

@@ -20,8 +20,9 @@ def test_xla_flags_add_the_cpu_default_and_keep_the_users():
   assert runtime.xla_flags("--a=1", jaxlib_version="0.13.0") == "--a=1"  # not measured there
 
 
-def run_configured(env_extra: dict) -> dict:
-  """configure() in a fresh process, then whether XLA ran a convolution through YNNPACK."""
+def run_configured(env_extra: dict, cache_home: str) -> dict:
+  """configure() in a fresh process with an empty compilation cache under `cache_home`, then
+  whether XLA ran a convolution through YNNPACK."""
   code = """
 import json, jax, jax.numpy as jnp
 from smjax import runtime
@@ -33,23 +34,29 @@ print(json.dumps({"applied": applied, "ynn_conv": "__ynn_fusion" in hlo}))
 """
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
   env.pop("XLA_FLAGS", None)
-  env.update(env_extra)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.update({"XDG_CACHE_HOME": cache_home, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              **env_extra})
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_configure_moves_convolutions_off_ynnpack_and_sets_malloc():
-  default = run_configured({runtime.ENV_OPT_OUT: "0"})
-  configured = run_configured({})
+def test_configure_moves_convolutions_off_ynnpack_sets_malloc_and_caches_compiles(tmp_path):
+  default = run_configured({runtime.ENV_OPT_OUT: "0"}, str(tmp_path / "default"))
+  configured = run_configured({}, str(tmp_path / "configured"))
   assert default["applied"] == {} and default["ynn_conv"]  # the XLA default this undoes
   assert not configured["ynn_conv"]
   if sys.platform.startswith("linux"):
     assert set(configured["applied"]["malloc"]) == set(runtime.MALLOC_SETTINGS)
+  cache = tmp_path / "configured" / "smjax" / "jax"  # $XDG_CACHE_HOME/smjax/jax
+  assert configured["applied"]["compilation_cache_dir"] == str(cache)
+  assert any(cache.iterdir())  # the convolution's compiled program, for the next process
+  assert not (tmp_path / "default").exists()
 
 
-def test_configure_leaves_malloc_variables_already_set():
-  configured = run_configured({"MALLOC_TOP_PAD_": "1048576"})
+def test_configure_leaves_malloc_variables_already_set(tmp_path):
+  configured = run_configured({"MALLOC_TOP_PAD_": "1048576"}, str(tmp_path))
   assert "MALLOC_TOP_PAD_" not in configured["applied"]["malloc"]
 
 

@@ -11,11 +11,12 @@ import re
 
 import flax.linen as nn
 
-from smjax.models.small import MLP, ConvNet
+from smjax.models.small import MLP, ConvNet, LeNet5
 from smjax.models.wide_resnet import DOWNSAMPLING, WideResNet
 
 _FIXED = {
     "lenet300-100": lambda n, **kw: MLP((300, 100), n, **kw),
+    "lenet5": lambda n, **kw: LeNet5(n, **kw),
     "conv2": lambda n, **kw: ConvNet(1, n, **kw),
     "conv4": lambda n, **kw: ConvNet(2, n, **kw),
     "conv6": lambda n, **kw: ConvNet(3, n, **kw),
@@ -25,7 +26,7 @@ NAMES = tuple(_FIXED) + ("wrnD-K (D = 6n + 4, e.g. wrn16-4, wrn28-10)",)
 
 
 def get(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Builds a model by name: `lenet300-100`, `conv2/4/6` or `wrnD-K`.
+  """Builds a model by name: `lenet300-100`, `lenet5`, `conv2/4/6` or `wrnD-K`.
 
   kwargs go to the module: `dtype` and `conv` (a `lax.conv_general_dilated` stand-in, e.g.
   `winograd.conv_general_dilated`) for all; `dropout_rate` and `downsampling`
