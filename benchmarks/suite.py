@@ -4,6 +4,7 @@
     python -m benchmarks.suite --models wrn16-4 --modes weight mask --estimators threshold
     python -m benchmarks.suite --dtype bfloat16 --out runs/benchmark_bf16.json
     python -m benchmarks.suite --torch                           # + PyTorch WRN-16-4 side by side
+    python -m benchmarks.suite --models conv2 --batch 64 --torch --set optimizer=adam  # Conv-2
     python -m benchmarks.suite --models lenet300-100 --also optimizer=adam  # + Adam weights
 
 Per model and mode (mask mode once per estimator), after warm-up and interleaved round-robin so
@@ -38,6 +39,7 @@ from smjax.config import Config
 from smjax.models import winograd
 
 SHAPES = {"lenet300-100": ("mnist", (28, 28, 1))}
+TORCH_MODELS = ("wrn16-4", "conv2", "conv4", "conv6")  # benchmarks/torch_peer.py
 DEFAULT_SHAPE = ("cifar10", (32, 32, 3))
 
 
@@ -161,9 +163,9 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
     if f"{n}/scan" in variants:
       variants[f"{n}/scan"].flops = variants[n].flops
   calls = {n: v.call for n, v in variants.items()}
-  if args.torch and name == "wrn16-4":
+  if args.torch and name in TORCH_MODELS:
     from benchmarks import torch_peer as benchmark_torch
-    calls.update(benchmark_torch.calls(args.batch))
+    calls.update(benchmark_torch.calls(args.batch, name, args.modes))
   times = interleaved(calls, args.steps, args.warmup)
   results = {}
   direct = None  # PyTorch's step: the network's direct convolutions, as XLA's run them
@@ -195,9 +197,10 @@ def benchmark_model(name: str, args, peak: float | None = None) -> dict:
       for n in configs if f"{n}/scan" in results}
   ratios["to_unchanged"] = {f"{n}/{g}": ms(f"{n}/{g}") / ms(n) for g in groups for n in configs}
   for torch_name in [n for n in results if n.startswith("torch")]:
-    ratios[f"{torch_name}_to_jax_mask_threshold"] = (
-        results[torch_name]["median_ms"] / results["mask/threshold"]["median_ms"]
-        if "mask/threshold" in results else None)
+    jax_name = "weight" if torch_name.startswith("torch/weight") else "mask/threshold"
+    ratios[f"{torch_name}_to_jax_{jax_name.replace('/', '_')}"] = (
+        results[torch_name]["median_ms"] / results[jax_name]["median_ms"]
+        if jax_name in results else None)
   out = {"input_shape": shape, "config": base.to_dict(), "results": results, "ratios": ratios}
   if args.epoch_steps:
     from benchmarks.input_pipeline import epoch_vs_steps, synthetic
@@ -240,7 +243,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--conv-algorithms", nargs="+", default=["auto"],
                       choices=winograd.ALGORITHMS, help="the first for all variants; the others "
                       "add per-step variants named .../conv=NAME")
-  parser.add_argument("--torch", action="store_true", help="PyTorch WRN-16-4 side by side")
+  parser.add_argument("--torch", action="store_true",
+                      help=f"PyTorch steps side by side ({', '.join(TORCH_MODELS)})")
   parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                       help="config overrides for every variant, e.g. score_init=kaiming_uniform")
   parser.add_argument("--also", nargs="+", default=[], metavar="KEY=VALUE",

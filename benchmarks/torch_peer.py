@@ -1,11 +1,13 @@
-"""The PyTorch way, for comparison: WRN-16-4 mask-mode train step with a custom autograd mask.
+"""The PyTorch way, for comparison: WRN-16-4 and Conv-2/4/6 train steps with a custom autograd mask.
 
 Optional (`pip install torch==2.13.0`; torch is not a dependency of smjax). Used by
 `python -m benchmarks.suite --torch`, which times these steps interleaved with the JAX ones
-in the same process. The network matches `smjax.models.get("wrn16-4")`: pre-activation blocks,
-1x1 projection shortcuts, BN, global average pooling; every conv and linear weight is frozen and
-masked by `1[sigmoid(score) > 0.5]` with the straight-through gradient `g * sigmoid'(score)`;
-scores train with Adam, BN running statistics update.
+in the same process. The networks match `smjax.models.get`: WRN-16-4 with pre-activation
+blocks, 1x1 projection shortcuts, BN, global average pooling; Conv-2/4/6 with pairs of 3x3 convs
+and max-pooling, then dense 256-256-classes. In mask mode every conv and linear weight is frozen
+and masked by `1[sigmoid(score) > 0.5]` with the straight-through gradient `g * sigmoid'(score)`
+and the scores train with Adam; in weight mode (Conv nets) the weights train with Adam, as in
+experiments.zhou. BN running statistics update.
 """
 
 from __future__ import annotations
@@ -52,6 +54,29 @@ class MaskedLinear(nn.Linear):
     return F.linear(x, self.weight * ThresholdMask.apply(self.scores), self.bias)
 
 
+class ConvNet(nn.Module):
+  """Conv-2/4/6 (`conv_pairs` = 1, 2, 3), masked (its conv and linear weights frozen, scores
+  trained) or plain."""
+
+  def __init__(self, conv_pairs: int, masked: bool, num_classes: int = 10):
+    super().__init__()
+    conv = (lambda i, o: MaskedConv(i, o, 3, 1, 1)) if masked else (
+        lambda i, o: nn.Conv2d(i, o, 3, 1, 1))
+    linear = MaskedLinear if masked else nn.Linear
+    layers, cin = [], 3
+    for pair in range(conv_pairs):
+      cout = 64 * 2**pair
+      layers += [conv(cin, cout), nn.ReLU(), conv(cout, cout), nn.ReLU(), nn.MaxPool2d(2)]
+      cin = cout
+    side = 32 // 2**conv_pairs
+    self.features = nn.Sequential(*layers)
+    self.classifier = nn.Sequential(linear(cin * side * side, 256), nn.ReLU(), linear(256, 256),
+                                    nn.ReLU(), linear(256, num_classes))
+
+  def forward(self, x):
+    return self.classifier(self.features(x).flatten(1))
+
+
 class Block(nn.Module):
   def __init__(self, cin, cout, stride):
     super().__init__()
@@ -85,10 +110,15 @@ class WideResNet(nn.Module):
     return self.head(x.mean((2, 3)))
 
 
-def make_step(batch: int, channels_last: bool):
-  """A closure running one mask-mode train step; returns its seconds."""
+MODELS = {"wrn16-4": lambda masked: WideResNet(), "conv2": lambda masked: ConvNet(1, masked),
+          "conv4": lambda masked: ConvNet(2, masked), "conv6": lambda masked: ConvNet(3, masked)}
+
+
+def make_step(batch: int, channels_last: bool, name: str = "wrn16-4", masked: bool = True):
+  """A closure running one train step (mask mode, or weight mode for the Conv nets); returns
+  its seconds."""
   torch.manual_seed(0)
-  model = WideResNet()
+  model = MODELS[name](masked)
   for m in model.modules():  # BN affine frozen, as in smjax's mask mode
     if isinstance(m, nn.BatchNorm2d):
       m.weight.requires_grad_(False)
@@ -112,6 +142,13 @@ def make_step(batch: int, channels_last: bool):
   return step
 
 
-def calls(batch: int) -> dict:
+def calls(batch: int, name: str = "wrn16-4", modes=("mask",)) -> dict:
+  """{variant: step} for the suite: torch/nchw and torch/channels_last in mask mode, and
+  torch/weight/... for the Conv nets when `modes` has weight."""
   torch.set_num_threads(os.cpu_count())
-  return {"torch/nchw": make_step(batch, False), "torch/channels_last": make_step(batch, True)}
+  steps = {}
+  for mode in [m for m in modes if m == "mask" or name != "wrn16-4"]:
+    prefix = "torch" if mode == "mask" else "torch/weight"
+    steps[f"{prefix}/nchw"] = make_step(batch, False, name, mode == "mask")
+    steps[f"{prefix}/channels_last"] = make_step(batch, True, name, mode == "mask")
+  return steps

@@ -97,6 +97,8 @@ def run_jobs(runs: dict[Path, Config], jobs: int, *, overwrite: bool = False) ->
         if kind != "done":
           _signal_all(workers, signal.SIGTERM)
     finally:
+      if running:  # leaving early (a worker died): the others checkpoint before they go
+        _signal_all(workers, signal.SIGTERM)
       for _ in workers:
         tasks.put(None)
       for worker in workers:

@@ -336,10 +336,12 @@ def all_regimes(config: Config) -> tuple[str, ...]:
   return ("mask", "weight", "finetune") + (("finetune_original",) if config.original_finetune else ())
 
 
-def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = False) -> None:
+def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = False,
+               study: Path | None = None) -> None:
   """Trains every run of {workdir: config} not yet finished, after validating them all: in
   order in this process, or `jobs` at a time in worker processes (a run after those it starts
-  from). The runs share one dataset."""
+  from). The runs share one dataset. With `study`, the time it took goes to its
+  wall_clock.jsonl (also when stopped)."""
   for workdir, cfg in runs.items():
     validate(cfg)
     workdir_lib.check(cfg, workdir, overwrite)
@@ -347,19 +349,24 @@ def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = Fal
   for workdir in finished:
     distributed.say(f"{workdir}: finished ({runs[workdir].epochs} epochs); nothing to do")
   runs = {w: c for w, c in runs.items() if w not in finished}
-  if jobs > 1 and len(runs) > 1:
-    if jax.process_count() > 1 or jax.default_backend() != "cpu":
-      raise RunError(f"--jobs > 1 shares one machine's CPU cores; on {jax.default_backend()} "
-                     f"with {jax.process_count()} process(es), run one job")
-    from smjax import parallel
-    parallel.run_jobs(runs, jobs, overwrite=overwrite)
-    return
-  dataset = None
-  for workdir, cfg in runs.items():
-    distributed.say(str(workdir))
-    if dataset is None:
-      dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size)
-    train(cfg, workdir, overwrite=overwrite, dataset=dataset)
+  if jobs > 1 and len(runs) > 1 and (jax.process_count() > 1 or jax.default_backend() != "cpu"):
+    raise RunError(f"--jobs > 1 shares one machine's CPU cores; on {jax.default_backend()} "
+                   f"with {jax.process_count()} process(es), run one job")
+  start = time.perf_counter()
+  try:
+    if jobs > 1 and len(runs) > 1:
+      from smjax import parallel
+      parallel.run_jobs(runs, jobs, overwrite=overwrite)
+      return
+    dataset = None
+    for workdir, cfg in runs.items():
+      distributed.say(str(workdir))
+      if dataset is None:
+        dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size)
+      train(cfg, workdir, overwrite=overwrite, dataset=dataset)
+  finally:
+    if study is not None and runs and distributed.is_writer():
+      workdir_lib.append_wall_clock(study, time.perf_counter() - start, jobs, len(runs))
 
 
 def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
@@ -388,7 +395,7 @@ def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], 
   train_runs({workdir / f"seed{seed}" / name: cfg for seed in seeds
               for name, cfg in tickets.round_configs(config.replace(seed=seed),
                                                      workdir / f"seed{seed}").items()},
-             jobs=jobs, overwrite=overwrite)
+             jobs=jobs, overwrite=overwrite, study=workdir)
   return _write_report(tickets.write_report, workdir)
 
 
@@ -403,7 +410,7 @@ def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
   for seed in seeds:
     configs = regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
     runs.update({workdir / f"seed{seed}" / r: configs[r] for r in all_regimes(config)})
-  train_runs(runs, jobs=jobs, overwrite=overwrite)
+  train_runs(runs, jobs=jobs, overwrite=overwrite, study=workdir)
   for seed in seeds:
     _write_report(report.write_report, workdir / f"seed{seed}")
   return _write_report(study.write_report, workdir)

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402
-from smjax.workdir import read_config, replaced_atomically, write_json_atomic  # noqa: E402
+from smjax.workdir import (read_config, replaced_atomically, wall_clock,  # noqa: E402
+                           wall_clock_text, write_json_atomic)
 
 SEED_DIR = re.compile(r"seed(\d+)$")
 RUN_NUMBERS = ("best_test_accuracy", "final_test_accuracy", "epochs_to_99", "masked_fraction",
@@ -136,6 +137,7 @@ def write_report(workdir: str | Path) -> Path:
                config=config, jax_version=jax.__version__, machine=machine())
   command = workdir / "command.txt"
   study["command"] = command.read_text().strip() if command.exists() else None
+  study["wall_clock"] = wall_clock(workdir)
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "study.json", study)
     plot_curves(summaries, out / "curves.png")
@@ -228,7 +230,9 @@ def summary_markdown(study: dict) -> str:
       out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | "
                  f"{layer['n_weights']:,} | {_pm(layer['masked_fraction'])} |")
   hours = {r: s / 3600 for r, s in study["epoch_seconds"].items()}
-  out += ["", "Wall-clock of the epochs (training and evaluation, all seeds): " +
+  out += ["", wall_clock_text(study.get("wall_clock")) +
+          "Time in epochs (training and evaluation), summed over the runs of all seeds "
+          "(runs side by side under --jobs overlap): " +
           ", ".join(f"{r} {h:.2f} h" for r, h in hours.items()) +
           f"; jax {study['jax_version']}; {study['machine']}.", ""]
   return "\n".join(out)

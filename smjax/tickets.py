@@ -27,7 +27,8 @@ from flax import traverse_util
 
 from smjax import checkpoint
 from smjax.config import Config, best_metric
-from smjax.workdir import RunError, read_config, read_metrics, replaced_atomically, write_json_atomic
+from smjax.workdir import (RunError, read_config, read_metrics, replaced_atomically, wall_clock,
+                           wall_clock_text, write_json_atomic)
 
 REINIT_SEED_OFFSET = 10_000  # the control's weights: another seed's init, same data order
 RANDOM_MASK_SEED_OFFSET = 20_000
@@ -226,7 +227,8 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
                                                      if name.partition("_")[2] == kind
                                                      for r in by_seed.values())
                               for kind in ("",) + tuple(CONTROLS)},
-            "jax_version": jax.__version__, "machine": study.machine()}
+            "wall_clock": wall_clock(workdir), "jax_version": jax.__version__,
+            "machine": study.machine()}
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "tickets.json", result)
     _plot(table, result["supermasks"], result["rewind"], out / "tickets.png")
@@ -334,6 +336,8 @@ def _markdown(result: dict) -> str:
                      f"{layer['jaccard']:.3f} ({layer['chance_jaccard']:.3f}) |")
   hours = ", ".join(f"{kind} {seconds / 3600:.2f} h" for kind, seconds in result["epoch_seconds"].items()
                     if seconds)
-  out += ["", f"Wall-clock of the epochs (training and evaluation, all seeds): {hours}; "
+  out += ["", wall_clock_text(result.get("wall_clock")) +
+          "Time in epochs (training and evaluation), summed over the runs of all seeds "
+          f"(runs side by side under --jobs overlap): {hours}; "
           f"jax {result['jax_version']}; {result['machine']}."]
   return "\n".join(out) + "\n"

@@ -145,3 +145,31 @@ def append_metrics(workdir: Path, line: dict) -> None:
     f.write(json.dumps(line) + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def append_wall_clock(study: Path, seconds: float, jobs: int, runs: int) -> None:
+  """One line in STUDY/wall_clock.jsonl per command that trained some of the study's runs, so
+  its report gives the real time it took (with --jobs, runs overlap in time)."""
+  study.mkdir(parents=True, exist_ok=True)
+  with open(study / "wall_clock.jsonl", "a") as f:
+    f.write(json.dumps({"seconds": seconds, "jobs": jobs, "runs": runs}) + "\n")
+
+
+def wall_clock(study: Path) -> dict | None:
+  """{seconds, commands, jobs} summed over STUDY/wall_clock.jsonl; None if it has none."""
+  path = Path(study) / "wall_clock.jsonl"
+  lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+  if not lines:
+    return None
+  return {"seconds": sum(l["seconds"] for l in lines), "commands": len(lines),
+          "jobs": sorted({l["jobs"] for l in lines})}
+
+
+def wall_clock_text(summary: dict | None) -> str:
+  """'Wall-clock of the training: 413 s (6.9 min), 1 command, --jobs 2. ' or ''."""
+  if not summary:
+    return ""
+  jobs = "/".join(map(str, summary["jobs"]))
+  plural = "s" if summary["commands"] > 1 else ""
+  return (f"Wall-clock of the training: {summary['seconds']:.0f} s ({summary['seconds'] / 60:.1f} "
+          f"min), {summary['commands']} command{plural}, --jobs {jobs}. ")

@@ -105,3 +105,15 @@ def test_sigterm_checkpoints_every_running_run_and_the_rerun_goes_on(tmp_path):
   for r in (mask, weight):  # resumed: no epoch run twice, none skipped
     epochs = [m["epoch"] for m in read_metrics(r)]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > stopped[r]
+
+
+@pytest.mark.slow
+def test_an_error_in_a_worker_is_the_studys_one_error_line(tmp_path, capfd, monkeypatch):
+  monkeypatch.delenv("SMJAX_DATA_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "nothing"))
+  args = ["--workdir", str(tmp_path / "study"), "--jobs", "2", "--set", "dataset=mnist",
+          "--set", f"data_dir={tmp_path / 'nothing'}", "--set", "model=lenet300-100"]
+  assert cli.main(digits.get_config, "digits", args) == 2
+  err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert len(err) == 1 and err[0].startswith("error: ") and "mnist" in err[0].lower(), err
+  assert not list((tmp_path / "study").glob("*/metrics.jsonl"))

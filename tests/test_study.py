@@ -72,6 +72,8 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
   assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(summary.REGIMES)
   assert result["paired_vs_weight"]["finetune"]["n"] == 2
   assert result["command"].startswith("python -m experiments.digits --workdir")
+  assert result["wall_clock"]["commands"] == 1 and result["wall_clock"]["seconds"] > 0
+  assert "Wall-clock of the training: " in (tmp_path / "report" / "summary.md").read_text()
   for seed in (0, 1):
     config = json.loads((tmp_path / f"seed{seed}" / "mask" / "config.json").read_text())
     assert config["seed"] == seed
@@ -91,6 +93,7 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
   capsys.readouterr()
   assert cli.main(digits.get_config, "digits", args) == 0
   assert capsys.readouterr().out.count("finished (") == 8  # 2 seeds x 4 runs, one line each
+  assert len((tmp_path / "wall_clock.jsonl").read_text().splitlines()) == 1  # nothing trained
   (tmp_path / "report" / "study.json").unlink()
   assert report.main([str(tmp_path)]) == 0
   rebuilt = json.loads((tmp_path / "report" / "study.json").read_text())
