@@ -3,6 +3,7 @@
     python -m experiments.mnist_wrn28                            # clean protocol, all three regimes
     python -m experiments.mnist_wrn28 --set protocol=original    # as the published code did it
     python -m experiments.mnist_wrn28 --set model=wrn28-10 --set batch_size=256
+    python -m experiments.mnist_wrn28 --set model=lenet5 --set flip=false --seeds 0 1 2 --jobs 2  # CPU
 
 Reads the dataset from --set data_dir=DIR (or $SMJAX_DATA_DIR): the original files or a prepared
 tfds directory. Meant for a GPU/TPU. Writes

@@ -6,8 +6,8 @@
 import importlib
 
 SUBMODULES = ("augment", "checkpoint", "cli", "config", "data", "dataset_files", "inspect",
-              "masking", "models", "optim", "parallel", "report", "run", "runtime", "study",
-              "train", "workdir")
+              "masking", "models", "optim", "parallel", "report", "run", "runtime", "stopping",
+              "study", "train", "workdir")
 
 
 def __getattr__(name: str):

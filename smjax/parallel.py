@@ -4,8 +4,9 @@ A small model's step does not scale over cores: LeNet-300-100's 1.5 ms step is b
 two cores than on one, so two runs side by side, one per core, train about 1.7x the epochs per
 second of one run on both (docs/results/README.md). `--jobs N` on the command line.
 
-    run_jobs(runs, jobs)   trains every run of {workdir: config} in `jobs` processes, a run only
-                           after the runs it starts from (mask_run, prune_from, rewind_from)
+    run_jobs(runs, jobs, train)   trains every run of {workdir: config} with `train` (smjax.run's)
+                                  in `jobs` processes, a run only after the runs it starts from
+                                  (mask_run, prune_from, rewind_from)
 
 Workers are spawned, not forked (a forked JAX runtime is unsafe), and pinned before JAX starts,
 so XLA sizes its thread pool to the worker's share. SIGTERM or Ctrl-C stops every running run at
@@ -21,8 +22,11 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from smjax.config import Config
+from smjax.stopping import Stopped, stop_requests
+from smjax.workdir import RunError
 
 RESEND_SECONDS = 2.0  # a stop request reaches a worker still setting up a run only when it trains
 
@@ -46,24 +50,24 @@ def core_shares(jobs: int, cores: list[int] | None = None) -> list[set[int]]:
   return [set(cores[i::jobs]) for i in range(jobs)]
 
 
-def run_jobs(runs: dict[Path, Config], jobs: int, *, overwrite: bool = False) -> None:
-  """Trains every run with `smjax.run.train` in `jobs` pinned worker processes, taking them in
-  the order given, each once the runs it starts from are done.
+def run_jobs(runs: dict[Path, Config], jobs: int, train: Callable, *,
+             overwrite: bool = False) -> None:
+  """Trains every run in `jobs` pinned worker processes, taking them in the order given, each
+  once the runs it starts from are done. `train(config, workdir, overwrite=, dataset=, tag=)`
+  is a module-level function (the workers import it).
 
-  Raises the first run's error after stopping the others at a checkpoint, or `Stopped` (from
-  smjax.run) once every running run has checkpointed after a stop request.
+  Raises the first run's error after stopping the others at a checkpoint, or `Stopped` once
+  every running run has checkpointed after a stop request.
   """
-  from smjax.run import Stopped, _stop_requests
-  from smjax.workdir import RunError
   needs = dependencies(runs)
   waiting = list(runs)
   context = multiprocessing.get_context("spawn")
   tasks, results = context.Queue(), context.Queue()
-  workers = [context.Process(target=_worker, args=(cores, tasks, results), daemon=True)
+  workers = [context.Process(target=_worker, args=(cores, train, tasks, results), daemon=True)
              for cores in core_shares(min(jobs, len(runs)))]
   running: set[Path] = set()
   failure, stopped = None, False
-  with _stop_requests() as stop:
+  with stop_requests() as stop:
     for worker in workers:
       worker.start()
     try:
@@ -117,7 +121,7 @@ def _signal_all(workers, signum) -> None:
       os.kill(worker.pid, signum)
 
 
-def _worker(cores: set[int], tasks, results) -> None:
+def _worker(cores: set[int], train: Callable, tasks, results) -> None:
   """One worker: pinned to `cores`, then trains the runs it is sent until it gets None. Signals
   are ignored between runs; `train` installs its own graceful stop while it trains."""
   os.sched_setaffinity(0, cores)
@@ -126,7 +130,6 @@ def _worker(cores: set[int], tasks, results) -> None:
   from smjax import runtime
   runtime.configure()
   from smjax import data
-  from smjax.run import Stopped, train
   dataset = None  # the runs of one study share it
   for config, workdir, overwrite in iter(tasks.get, None):
     try:

@@ -14,12 +14,9 @@ Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,13 +27,10 @@ from tqdm.auto import tqdm
 from smjax import (checkpoint, data, distributed, models, optim, tickets, train as train_lib,
                    workdir as workdir_lib)
 from smjax.config import Config, validate
+from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
 REGIMES = ("mask", "weight", "finetune", "finetune_original", "all", "tickets")
-
-
-class Stopped(Exception):
-  """A run stopped by a signal after checkpointing; rerunning resumes it."""
 
 
 # --------------------------------------------------------------------------
@@ -111,21 +105,6 @@ def _sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
 
 # --------------------------------------------------------------------------
 # The loop.
-
-
-@contextlib.contextmanager
-def _stop_requests():
-  """Yields a list that becomes non-empty on SIGTERM or SIGINT (checked between steps)."""
-  requests = []
-  previous = {}
-  if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
-    handler = lambda signum, frame: requests.append(signum)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield requests
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, key=None) -> dict:
@@ -254,7 +233,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape)}
   step_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   pstate = train_lib.replicate(state)
-  with _stop_requests() as stop:
+  with stop_requests() as stop:
     for epoch in range(first_epoch, config.epochs + 1):
       start_time = time.perf_counter() - seconds
       pstate, new, finished = train_epoch(p_step, pstate, dataset, config, epoch, step_key,
@@ -356,7 +335,7 @@ def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = Fal
   try:
     if jobs > 1 and len(runs) > 1:
       from smjax import parallel
-      parallel.run_jobs(runs, jobs, overwrite=overwrite)
+      parallel.run_jobs(runs, jobs, train, overwrite=overwrite)
       return
     dataset = None
     for workdir, cfg in runs.items():

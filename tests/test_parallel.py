@@ -55,7 +55,7 @@ def test_two_jobs_train_the_same_runs_as_one(tmp_path):
   """Every metric and every checkpointed array of a study with --jobs 2 equals the study's
   run one run at a time: a worker process is the same run, only elsewhere."""
   sets = ["model=lenet300-100", "epochs=2", "finetune_epochs=2", "batch_size=64", "val_size=100"]
-  args = [a for s in sets for a in ("--set", s)] + ["--seeds", "0", "1"]
+  args = [a for s in sets for a in ("--set", s)] + ["--seeds", "0", "1"]  # 6 runs on 2 workers
   for name, jobs in (("one", "1"), ("two", "2")):
     assert cli.main(digits.get_config, "digits",
                     ["--workdir", str(tmp_path / name), "--jobs", jobs, *args]) == 0
