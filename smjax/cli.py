@@ -18,7 +18,10 @@ from pathlib import Path
 from smjax import checkpoint, config as config_lib, data, distributed, run, runtime
 
 
-COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr")
+COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr", "finetune_epochs",
+                 # the controls of --regime all (docs/results/decision_rule.md)
+                 "finetune_controls", "equal_compute", "original_finetune", "original_control",
+                 "dynamic_rescale")
 
 
 def config_help(get_config) -> str:

@@ -16,9 +16,14 @@ WEIGHT_INITS = ("default", "signed_constant")
 DTYPES = ("float32", "bfloat16")
 PLACE_ONLY = ("data_dir",)
 FINETUNE_ONLY = ("finetune_optimizer", "finetune_lr", "finetune_epochs", "original_finetune",
-                 "mask_run", "prune_from", "reinit_seed", "random_mask_seed", "rewind_from")
+                 "mask_run", "start_epochs", "prune_from", "reinit_seed", "random_mask_seed",
+                 "rewind_from")
+# Which runs a study trains, and how many checkpoints a run keeps: never what one run computes.
+STUDY_ONLY = ("ticket_rounds", "ticket_controls", "finetune_controls", "equal_compute",
+              "original_control", "keep_every_epochs")
 PRUNING = ("prune_rate", "prune_rate_output", "prune_scope", "rewind_epoch")  # a ticket round's start
 TICKET_CONTROLS = ("reinit", "random")
+FINETUNE_CONTROLS = ("random", "reinit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Config:
   score_init: str = "constant"
   score_init_value: float = 1.0
   mask_biases: bool = False
+  dynamic_rescale: bool = False       # Zhou et al.'s DWR: a layer's kept weights scaled by its
+                                      # size over its kept count (mask and finetune modes)
   weight_init: str = "default"
   train_bn_with_mask: bool = False    # BN affine trains in mask mode (the blog code did)
   sampled_mask_evals: int = 0         # mask mode: also test N masks drawn by the estimator, at
@@ -74,7 +81,18 @@ class Config:
   finetune_epochs: int = 30
   original_finetune: bool = False     # --regime all also fine-tunes as the published code did
                                       # (Adam, lr 1e-5, finetune_epochs) in finetune_original/
-  mask_run: str = ""                  # finetune: the mask run directory to start from
+  mask_run: str = ""                  # finetune: the run directory to start from (a mask
+                                      # run; a weight run for the weight_original control)
+  start_epochs: int = 0               # finetune: start from mask_run's best epoch among its
+                                      # first N (0: all); needs that checkpoint kept
+  # The controls that decide whether a supermask is a good initialization (docs/results/).
+  finetune_controls: str = ""         # --regime all also fine-tunes, like finetune: "random"
+                                      # (the supermask's per-layer counts at random places, same
+                                      # init) and/or "reinit" (the supermask on another seed's init)
+  equal_compute: bool = False         # --regime all: weight trains epochs + finetune_epochs, so
+                                      # it is read at equal total epochs too (constant schedule)
+  original_control: bool = False      # with original_finetune: also weight_original, the weight
+                                      # run continued at the source's fine-tune (Adam 1e-5)
   # Lottery tickets (--regime tickets; smjax/tickets.py).
   ticket_rounds: int = 10             # rounds of pruning after the weight run (round0)
   prune_rate: float = 0.2             # share of a hidden layer's survivors pruned per round
@@ -109,7 +127,7 @@ class Config:
 
     Where the data lies is not part of it, nor, outside finetune mode, how a later fine-tune
     of the same init would go."""
-    ignored = PLACE_ONLY + ("ticket_rounds", "ticket_controls") + (
+    ignored = PLACE_ONLY + STUDY_ONLY + (
         FINETUNE_ONLY + PRUNING if self.mode != "finetune" else ())
     return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
@@ -198,7 +216,7 @@ def validate(config: Config) -> None:
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
   for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals",
-              "crop_padding", "rewind_epoch"):
+              "crop_padding", "rewind_epoch", "start_epochs"):
     if getattr(config, key) < 0:
       raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
   if config.rewind_epoch > config.epochs:
@@ -207,6 +225,13 @@ def validate(config: Config) -> None:
     if control not in TICKET_CONTROLS:
       raise ValueError(f"unknown ticket control {control!r} in ticket_controls; known: "
                        f"{', '.join(TICKET_CONTROLS)} (comma-separated, or empty for none)")
+  for control in filter(None, config.finetune_controls.split(",")):
+    if control not in FINETUNE_CONTROLS:
+      raise ValueError(f"unknown finetune control {control!r} in finetune_controls; known: "
+                       f"{', '.join(FINETUNE_CONTROLS)} (comma-separated, or empty for none)")
+  if config.equal_compute and config.schedule != "constant":
+    raise ValueError(f"equal_compute extends the weight run, which continues a run only under "
+                     f"schedule 'constant', not {config.schedule!r}")
   if config.topk_fraction == 0:
     raise ValueError("topk_fraction (the fraction kept) must be > 0")
   if config.val_size < 0 and config.val_size != -1:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import absl.logging
+import jax
 import numpy as np
 
 from smjax import checkpoint, masking
@@ -105,7 +106,8 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
   from smjax import data
   restored = checkpoint.restore(run_dir, step=step)
   state, config = restored["state"], read_config(run_dir)
-  variables = {"params": masking.apply_masks(state["trainable"]["params"], restored["masks"])}
+  variables = {"params": jax.tree.map(np.asarray, masking.apply_masks(
+      state["trainable"]["params"], restored["masks"], rescale=config.get("dynamic_rescale", False)))}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   path.write_bytes(serialization.msgpack_serialize(variables))

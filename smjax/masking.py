@@ -345,13 +345,20 @@ def init_scores(params: PyTree, key: jax.Array, *, init: str = "constant",
   return traverse_util.unflatten_dict(scores)
 
 
-def apply_masks(params: PyTree, masks: PyTree | None) -> PyTree:
-  """Effective params: every leaf with a mask is multiplied by it (pure)."""
+def apply_masks(params: PyTree, masks: PyTree | None, *, rescale: bool = False) -> PyTree:
+  """Effective params: every leaf with a mask is multiplied by it (pure).
+
+  rescale: Zhou et al.'s dynamic weight rescaling: a leaf's kept weights are also scaled by
+  its size over its kept count (at least 1), recomputed from the current mask and held
+  constant in the backward pass."""
   if masks is None:
     return params
   flat = traverse_util.flatten_dict(params)
   for path, mask in traverse_util.flatten_dict(masks).items():
-    flat[path] = flat[path] * mask.astype(flat[path].dtype)
+    mask = jnp.asarray(mask).astype(flat[path].dtype)
+    if rescale:
+      mask = mask * jax.lax.stop_gradient(mask.size / jnp.maximum(jnp.sum(mask), 1))
+    flat[path] = flat[path] * mask
   return traverse_util.unflatten_dict(flat)
 
 

@@ -24,13 +24,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import (checkpoint, data, distributed, models, optim, tickets, train as train_lib,
-                   workdir as workdir_lib)
-from smjax.config import Config, validate
+from smjax import (checkpoint, data, distributed, models, optim, pruning, summary, tickets,
+                   train as train_lib, workdir as workdir_lib)
+from smjax.config import FINETUNE_CONTROLS, Config, best_metric, validate
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 
-REGIMES = ("mask", "weight", "finetune", "finetune_original", "all", "tickets")
+REGIMES = summary.REGIMES + ("all", "tickets")  # what --regime takes
 
 
 # --------------------------------------------------------------------------
@@ -38,21 +38,45 @@ REGIMES = ("mask", "weight", "finetune", "finetune_original", "all", "tickets")
 
 
 def finetune_start(config: Config) -> dict:
-  """The mask run's best checkpoint: its untouched params, scores, BN stats and
-  evaluation masks, after checking that it is a mask run of the same model and data."""
+  """Where a fine-tune starts: the `mask_run`'s best checkpoint (among its first
+  `start_epochs` epochs when set): its untouched params, scores, BN stats and evaluation masks,
+  after checking that it is a run of the same model and data. A weight run as `mask_run` gives
+  all-ones masks (the weight_original control). The controls replace a part: `random_mask_seed`
+  the masks by the same per-layer counts at random places, `reinit_seed` the weights by that
+  seed's init."""
   mask_run = Path(config.mask_run)
   if not config.mask_run or not (mask_run / "config.json").exists():
     raise RunError(f"finetune needs --set mask_run=DIR, a finished mask run; got {config.mask_run!r}")
   source = workdir_lib.read_config(mask_run)
-  if source.get("mode") != "mask":
-    raise RunError(f"{mask_run} is a {source.get('mode')!r} run; finetune starts from a mask run")
+  if source.get("mode") not in ("mask", "weight"):
+    raise RunError(f"{mask_run} is a {source.get('mode')!r} run; finetune starts from a mask run "
+                   "(or a weight run, for the weight_original control)")
   for key in ("model", "dataset", "downsampling", "mask_biases"):
     if source.get(key) != getattr(config, key):
       raise RunError(f"{mask_run} has {key}={source.get(key)!r}, this run {getattr(config, key)!r}")
-  best = checkpoint.restore(mask_run, which="best")
+  best = checkpoint.restore(mask_run, step=_start_step(mask_run, config.start_epochs), which="best")
+  masks = best["masks"]
+  if config.random_mask_seed >= 0:
+    masks = pruning.random_masks(masks, config.random_mask_seed)
+  if config.reinit_seed >= 0:
+    return {"masks": masks}
   state = best["state"]
   return {"params": state["trainable"]["params"], "scores": state["trainable"]["scores"],
-          "batch_stats": state["batch_stats"], "masks": best["masks"]}
+          "batch_stats": state["batch_stats"], "masks": masks}
+
+
+def _start_step(run_dir: Path, epochs: int) -> int | None:
+  """The step of `run_dir`'s best epoch among its first `epochs` (None: its best checkpoint)."""
+  if not epochs:
+    return None
+  lines = [m for m in read_metrics(run_dir) if m["epoch"] <= epochs]
+  if len(lines) < epochs:
+    raise RunError(f"{run_dir} has finished {len(lines)} of the {epochs} epochs to start from")
+  best = summary.best_line(lines, best_metric(workdir_lib.read_config(run_dir)["protocol"]))
+  if best["step"] not in checkpoint.steps(run_dir):
+    raise RunError(f"{run_dir} kept no checkpoint of epoch {best['epoch']}, its best among the "
+                   f"first {epochs}; it needs keep_every_epochs=1")
+  return best["step"]
 
 
 def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> train_lib.TrainState:
@@ -299,20 +323,43 @@ DERIVED_FIELDS = ("optimizer", "lr", "epochs", "mask_run")  # what regime_config
 
 
 def regime_configs(config: Config, workdir: Path) -> dict[str, Config]:
-  """The single-mode configs of one seed, so one initialization: mask, weight, finetune
-  (finetune_optimizer / _lr / _epochs) and finetune_original (Adam at lr 1e-5 for
-  finetune_epochs, as the published code fine-tuned; part of `--regime all` with
-  `original_finetune`)."""
+  """The single-mode configs of one seed, so one initialization:
+
+    mask, weight          the init's scores / weights trained for `epochs` (weight for
+                          epochs + finetune_epochs with `equal_compute`)
+    finetune              mask's best mask and init, weights trained (finetune_optimizer /
+                          _lr / _epochs)
+    finetune_original     the same at the published code's Adam 1e-5 (`original_finetune`)
+    finetune_random       the supermask's per-layer counts at random places, same init
+    finetune_reinit       the supermask on another seed's init (both: `finetune_controls`)
+    weight_original       the weight run's best of its first `epochs` epochs continued at
+                          Adam 1e-5 (`original_control`): finetune_original's own control
+  """
   finetune = config.replace(mode="finetune", optimizer=config.finetune_optimizer or config.optimizer,
                             lr=config.finetune_lr, epochs=config.finetune_epochs,
                             mask_run=str(workdir / "mask"))
-  return {"mask": config.replace(mode="mask"), "weight": config.replace(mode="weight"),
-          "finetune": finetune, "finetune_original": finetune.replace(**ORIGINAL_FINETUNE)}
+  weight_epochs = config.epochs + (config.finetune_epochs if config.equal_compute else 0)
+  keep = 1 if config.original_control else config.keep_every_epochs  # weight_original's start
+  return {
+      "mask": config.replace(mode="mask"),
+      "weight": config.replace(mode="weight", epochs=weight_epochs, keep_every_epochs=keep),
+      "finetune": finetune,
+      "finetune_original": finetune.replace(**ORIGINAL_FINETUNE),
+      "finetune_random": finetune.replace(
+          random_mask_seed=config.seed + pruning.RANDOM_MASK_SEED_OFFSET),
+      "finetune_reinit": finetune.replace(reinit_seed=config.seed + pruning.REINIT_SEED_OFFSET),
+      "weight_original": finetune.replace(**ORIGINAL_FINETUNE, mask_run=str(workdir / "weight"),
+                                          start_epochs=config.epochs),
+  }
 
 
 def all_regimes(config: Config) -> tuple[str, ...]:
-  """The runs of `--regime all`."""
-  return ("mask", "weight", "finetune") + (("finetune_original",) if config.original_finetune else ())
+  """The runs of `--regime all`, in the order they start."""
+  chosen = config.finetune_controls.split(",")
+  controls = tuple(f"finetune_{c}" for c in FINETUNE_CONTROLS if c in chosen)
+  original = ("finetune_original",) if config.original_finetune else ()
+  return (("mask", "weight", "finetune") + controls + original +
+          (("weight_original",) if original and config.original_control else ()))
 
 
 def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = False,
@@ -361,9 +408,9 @@ def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = F
 
 def _write_report(write, workdir: Path) -> Path:
   """The report, written by process 0 alone; the path of its summary.md."""
-  summary = write(workdir) if distributed.is_writer() else workdir / "report" / "summary.md"
+  path = write(workdir) if distributed.is_writer() else workdir / "report" / "summary.md"
   distributed.barrier("report written")
-  return summary
+  return path
 
 
 def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
@@ -389,6 +436,8 @@ def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
   for seed in seeds:
     configs = regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
     runs.update({workdir / f"seed{seed}" / r: configs[r] for r in all_regimes(config)})
+  if distributed.is_writer():
+    study.record_seeds(workdir, seeds)
   train_runs(runs, jobs=jobs, overwrite=overwrite, study=workdir)
   for seed in seeds:
     _write_report(report.write_report, workdir / f"seed{seed}")

@@ -9,9 +9,11 @@ from pathlib import Path
 from smjax import checkpoint, masking
 from smjax.workdir import read_config, read_metrics
 
-REGIMES = ("mask", "weight", "finetune", "finetune_original")
+REGIMES = ("mask", "weight", "finetune", "finetune_original", "finetune_random",
+           "finetune_reinit", "weight_original")
 COLORS = {"mask": "tab:blue", "weight": "tab:orange", "finetune": "tab:green",
-          "finetune_original": "tab:red"}
+          "finetune_original": "tab:red", "finetune_random": "tab:purple",
+          "finetune_reinit": "tab:gray", "weight_original": "tab:brown"}
 
 
 def best_line(lines: list[dict], metric: str) -> dict:
@@ -33,7 +35,12 @@ def summarize(workdir: Path) -> dict:
                        "best_val_accuracy": best["val_accuracy"],
                        "best_test_accuracy": best["test_accuracy"],
                        "final_test_accuracy": lines[-1]["test_accuracy"],
-                       "masked_fraction": best["masked_fraction"], "curve": lines}
+                       "masked_fraction": best["masked_fraction"], "curve": lines,
+                       "planned_epochs": config["epochs"],
+                       "finished": len(lines) >= config["epochs"],
+                       "equal_compute_from": (config["epochs"] - config["finetune_epochs"]
+                                              if regime == "weight" and config.get("equal_compute")
+                                              else None)}
   layers = []
   if "mask" in regimes:
     best = checkpoint.restore(workdir / "mask", which="best")

@@ -144,7 +144,8 @@ def make_train_step(model: nn.Module, config: Config, axis_name: str | None = No
 
     def loss_fn(trainable):
       current = state.replace(trainable=trainable)
-      params = masking.apply_masks(trainable["params"], masks_for(current, k_mask, True))
+      params = masking.apply_masks(trainable["params"], masks_for(current, k_mask, True),
+                                   rescale=config.dynamic_rescale)
       logits, batch_stats = _apply(model, state, params, images, True, {"dropout": k_drop})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
       return loss, (logits, batch_stats)
@@ -180,7 +181,7 @@ def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = Non
 
   def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None):
     masks = masks_for(state, key, sampled)
-    params = masking.apply_masks(state.trainable["params"], masks)
+    params = masking.apply_masks(state.trainable["params"], masks, rescale=config.dynamic_rescale)
     logits, _ = _apply(model, state, params, _preprocess(batch["image"], config.dataset), False)
     weight = batch.get("weight", jnp.ones(batch["label"].shape, jnp.float32))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])

@@ -69,7 +69,7 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
   """Writes config.json (after `check`); with `overwrite`, drops the previous run's files."""
   check(config, workdir, overwrite)
   path = workdir / "config.json"
-  if path.exists() and not overwrite:
+  if path.exists() and not overwrite and read_config(workdir).get("epochs") >= config.epochs:
     return
   if overwrite:
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
@@ -94,9 +94,20 @@ def read_config(workdir: Path) -> dict:
 
 def config_diff(config: Config, workdir: Path) -> list[str]:
   """The fields in which `config` differs from the run in `workdir` (fields added since that
-  run was written count as their defaults)."""
+  run was written count as their defaults). More epochs under a constant schedule is no
+  difference: the run continues bit-identically, as if it had been started with them."""
   previous = {**Config().to_dict(), **read_config(workdir)}
-  return sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+  diff = sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+  if diff == ["epochs"] and extends(config, previous):
+    return []
+  return diff
+
+
+def extends(config: Config, previous: dict) -> bool:
+  """Whether `config` is the run `previous` trained for more epochs: a constant schedule
+  (a step's learning rate and data do not depend on the total) and no fewer epochs."""
+  return (config.schedule == previous.get("schedule") == "constant"
+          and config.epochs >= previous.get("epochs", config.epochs))
 
 
 def finished(config: Config, workdir: Path) -> bool:
