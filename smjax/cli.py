@@ -115,6 +115,18 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
     return _main(get_config, name, argv, args)
 
 
+def default_workdir(name: str, args: argparse.Namespace) -> Path:
+  """Where a command writes: --workdir, else runs/NAME (a study or --regime all; tickets:
+  runs/NAME_tickets) or runs/NAME/REGIME (one run)."""
+  if args.workdir:
+    return Path(args.workdir)
+  if args.regime == "tickets":
+    return Path(f"runs/{name}_tickets")
+  if args.seeds or args.regime == "all":
+    return Path(f"runs/{name}")
+  return Path(f"runs/{name}/{args.regime}")
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts():
   """SIGTERM outside the epoch loop (setup, report) interrupts as Ctrl-C does; the loop
@@ -135,27 +147,9 @@ def _main(get_config, name: str, argv, args) -> int:
   try:
     config = build_config(get_config, args.overrides)
     config_lib.validate(config)  # before a study's command.txt is written
-    if args.regime == "tickets":
-      workdir = Path(args.workdir or f"runs/{name}_tickets")
-      _record_command(workdir, name, argv)
-      distributed.say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite, jobs=args.jobs)}")
-    elif args.seeds:
-      workdir = Path(args.workdir or f"runs/{name}")
-      _record_command(workdir, name, argv)
-      distributed.say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite, jobs=args.jobs)}")
-    elif args.regime == "all":
-      workdir = Path(args.workdir or f"runs/{name}")
-      run.train_all(config, workdir, overwrite=args.overwrite, jobs=args.jobs)
-      distributed.say(f"report: {workdir / 'report' / 'summary.md'}")
-    else:
-      workdir = Path(args.workdir or f"runs/{name}/{args.regime}")
-      single = run.regime_configs(config, workdir.parent)[args.regime]
-      # What the user set explicitly is not replaced by what the regime derives: with
-      # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
-      # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
-      explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
-      single = single.replace(**{k: getattr(config, k) for k in explicit})
-      run.train(single, workdir, overwrite=args.overwrite)
+    workdir = default_workdir(name, args)
+    with run.writer_lock(workdir):
+      _dispatch(config, workdir, name, argv, args)
   except (ValueError, run.RunError, data.DataError, checkpoint.CheckpointError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
@@ -167,3 +161,24 @@ def _main(get_config, name: str, argv, args) -> int:
           "half-written; rerun the same command to continue", file=sys.stderr)
     return 130
   return 0
+
+
+def _dispatch(config: config_lib.Config, workdir: Path, name: str, argv, args) -> None:
+  """Trains what the command asks for in `workdir` (its lock held)."""
+  if args.regime == "tickets":
+    _record_command(workdir, name, argv)
+    distributed.say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite, jobs=args.jobs)}")
+  elif args.seeds:
+    _record_command(workdir, name, argv)
+    distributed.say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite, jobs=args.jobs)}")
+  elif args.regime == "all":
+    run.train_all(config, workdir, overwrite=args.overwrite, jobs=args.jobs)
+    distributed.say(f"report: {workdir / 'report' / 'summary.md'}")
+  else:
+    single = run.regime_configs(config, workdir.parent)[args.regime]
+    # What the user set explicitly is not replaced by what the regime derives: with
+    # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
+    # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
+    explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
+    single = single.replace(**{k: getattr(config, k) for k in explicit})
+    run.train(single, workdir, overwrite=args.overwrite)

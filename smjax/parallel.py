@@ -20,6 +20,8 @@ import os
 import queue
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,8 @@ from smjax.stopping import Stopped, stop_requests
 from smjax.workdir import RunError
 
 RESEND_SECONDS = 2.0  # a stop request reaches a worker still setting up a run only when it trains
+PARENT_POLL_SECONDS = 0.5  # how often a worker checks that its parent is alive
+ORPHAN_GRACE_SECONDS = 60.0  # an orphaned worker's time to checkpoint before it exits anyway
 
 
 def dependencies(runs: dict[Path, Config]) -> dict[Path, set[Path]]:
@@ -123,7 +127,12 @@ def _signal_all(workers, signum) -> None:
 
 def _worker(cores: set[int], train: Callable, tasks, results) -> None:
   """One worker: pinned to `cores`, then trains the runs it is sent until it gets None. Signals
-  are ignored between runs; `train` installs its own graceful stop while it trains."""
+  are ignored between runs; `train` installs its own graceful stop while it trains. It ends
+  with its parent, however the parent ends (a SIGKILL included): a run in progress checkpoints
+  at its next step first."""
+  parent = os.getppid()
+  results.cancel_join_thread()  # exiting never waits on a reader that is gone
+  threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
   os.sched_setaffinity(0, cores)
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, signal.SIG_IGN)
@@ -131,7 +140,7 @@ def _worker(cores: set[int], train: Callable, tasks, results) -> None:
   runtime.configure()
   from smjax import data
   dataset = None  # the runs of one study share it
-  for config, workdir, overwrite in iter(tasks.get, None):
+  for config, workdir, overwrite in _tasks(tasks, parent):
     try:
       if dataset is None:
         dataset = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size)
@@ -145,6 +154,30 @@ def _worker(cores: set[int], train: Callable, tasks, results) -> None:
       outcome = ("error", f"{workdir}: {err}")
     results.put((workdir, outcome))
     sys.stdout.flush()
+
+
+def _tasks(tasks, parent: int):
+  """The tasks the parent sends, until it sends None or is gone."""
+  while os.getppid() == parent:
+    try:
+      task = tasks.get(timeout=PARENT_POLL_SECONDS)
+    except queue.Empty:
+      continue
+    if task is None:
+      return
+    yield task
+
+
+def _end_with_parent(parent: int) -> None:
+  """Once the parent is gone: SIGTERM to this worker every RESEND_SECONDS (a training run
+  checkpoints and stops; `_tasks` then ends), and a hard exit after ORPHAN_GRACE_SECONDS."""
+  while os.getppid() == parent:
+    time.sleep(PARENT_POLL_SECONDS)
+  deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
+  while time.monotonic() < deadline:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(RESEND_SECONDS)
+  os._exit(1)
 
 
 def _tag(workdir: Path) -> str:

@@ -14,6 +14,7 @@ Ctrl-C checkpoints at the next step boundary and raises `Stopped`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -216,10 +217,22 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines.
 
   `tag` (e.g. seed3/mask) prefixes the epoch lines of runs trained side by side, and turns the
-  progress bar off."""
+  progress bar off. Holds the workdir's lock (process 0) while it runs: a second writer is
+  refused."""
   validate(config)
   workdir = Path(workdir)
   workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
+  with writer_lock(workdir):
+    return _train(config, workdir, overwrite, dataset, tag)
+
+
+def writer_lock(workdir: Path):
+  """The workdir's lock, taken by process 0 of a run (the one that writes)."""
+  return workdir_lib.locked(workdir) if distributed.is_writer() else contextlib.nullcontext()
+
+
+def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset | None,
+           tag: str | None) -> list[dict]:
   if not overwrite and workdir_lib.finished(config, workdir):
     distributed.say(f"{workdir}: finished ({config.epochs} epochs); nothing to do")
     return read_metrics(workdir)

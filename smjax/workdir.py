@@ -8,8 +8,10 @@ the checkpoint, lines of epochs that no checkpoint holds are dropped).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +22,43 @@ from smjax.config import Config
 
 class RunError(RuntimeError):
   """A run that must not start or go on (conflicting workdir, missing mask run, NaN loss...)."""
+
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # this process's locks: path -> open file descriptor
+
+
+@contextlib.contextmanager
+def locked(workdir: str | os.PathLike):
+  """One writer per workdir: an exclusive lock on WORKDIR/.lock for the block, or a RunError
+  naming the process that holds it. Re-entrant within a process; the operating system drops it
+  when its holder dies, however it dies."""
+  workdir = Path(workdir).absolute()
+  if workdir in _held:
+    yield
+    return
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as err:
+    raise RunError(f"cannot create workdir {workdir}: {err.strerror}; use another --workdir") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise RunError(f"{workdir} is in use by {holder}; wait for it to end (or stop it) and "
+                   "rerun") from None
+  os.ftruncate(fd, 0)
+  os.write(fd, f"process {os.getpid()} ({shlex.join(sys.argv)[:300]})\n".encode())
+  _held[workdir] = fd
+  try:
+    yield
+  finally:
+    del _held[workdir]
+    os.close(fd)  # releases the lock; the file stays, empty of meaning
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
