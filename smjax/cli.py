@@ -69,6 +69,8 @@ def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) ->
   cluster.add_argument("--distributed-timeout", type=int, default=60, metavar="SECONDS",
                        help="give up joining after this long (default 60)")
   args = parser.parse_args(argv)
+  if args.seeds and min(args.seeds) < 0:
+    parser.error(f"--seeds takes seeds >= 0, got {min(args.seeds)}")
   if args.seeds and args.regime not in ("all", "tickets"):
     parser.error("--seeds runs every regime of each seed; leave out --regime")
   if args.jobs < 1 or (args.jobs > 1 and args.regime not in ("all", "tickets")):

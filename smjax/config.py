@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Iterable
 
 import jax.numpy as jnp
@@ -169,6 +170,8 @@ def _parse(key: str, raw: str, kind: type) -> Any:
     value = None
   if kind is float and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
+  if kind is float and isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"config key {key!r} expects a finite number, got {raw!r}")
   if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
     raise ValueError(f"config key {key!r} expects {kind.__name__}, got {raw!r}")
   return value
@@ -215,7 +218,7 @@ def validate(config: Config) -> None:
     value = getattr(config, key)
     if not lo <= value <= hi:
       raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
-  for key in ("weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals",
+  for key in ("seed", "weight_decay", "max_rotate", "keep_every_epochs", "sampled_mask_evals",
               "crop_padding", "rewind_epoch", "start_epochs"):
     if getattr(config, key) < 0:
       raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")

@@ -14,6 +14,7 @@ the whole reader: both formats are a fixed header followed by raw uint8.
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import json
 import os
@@ -103,6 +104,13 @@ def read_bytes(path: Path, name: str) -> bytes:
   return raw
 
 
+def forget(path: Path) -> None:
+  """Drops a file's remembered verification."""
+  entries = _read_cache()
+  if entries.pop(str(Path(path).resolve()), None) is not None:
+    _write_cache(entries)
+
+
 def cache_path() -> Path:
   return Path(os.environ.get("SMJAX_CACHE_DIR") or Path.home() / ".cache" / "smjax") / \
       "verified_files.json"
@@ -130,7 +138,12 @@ def _write_cache(entries: dict) -> None:
 def parse_idx(raw: bytes, path: Path) -> np.ndarray:
   """IDX (big-endian header: 0, 0, type 0x08 = uint8, rank; then one uint32 per dim) -> uint8."""
   if path.suffix == ".gz":
-    raw = gzip.decompress(raw)
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+      forget(path)  # verified once, changed since: the next read checks its md5 again
+      raise FileError(f"{path}: not a readable gzip file ({err}); the file is corrupt, fetch it "
+                      "again") from None
   if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
     raise FileError(f"{path}: not an IDX file of unsigned bytes (header {raw[:4].hex()})")
   rank = raw[3]

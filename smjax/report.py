@@ -109,6 +109,9 @@ def main(argv=None) -> int:
                       help="ticket studies: supermask studies (--seeds) to set beside the tickets")
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
+  if not Path(args.workdir).is_dir():
+    print(f"error: {args.workdir} is not a directory; give a run or study workdir", file=sys.stderr)
+    return 2
   try:
     if tickets.seed_dirs(args.workdir):
       summary = tickets.write_report(args.workdir, args.supermasks)

@@ -90,8 +90,14 @@ def initial_state(config: Config, model, dataset: data.Dataset, steps: int) -> t
   else:
     start = finetune_start(config) if config.mode == "finetune" else {}
   seed = config.reinit_seed if config.reinit_seed >= 0 else config.seed
-  state = train_lib.create_state(jax.random.key(seed), model, dataset.input_shape, config,
-                                 steps_per_epoch=steps, masks=start.get("masks"))
+  try:
+    state = train_lib.create_state(jax.random.key(seed), model, dataset.input_shape, config,
+                                   steps_per_epoch=steps, masks=start.get("masks"))
+  except (ZeroDivisionError, TypeError, ValueError) as err:  # flax's shape errors
+    shape = "x".join(map(str, dataset.input_shape))
+    raise RunError(f"model {config.model!r} does not fit {dataset.name}'s {shape} images "
+                   f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); pick another "
+                   "model or dataset") from None
   if "params" in start:  # a supermask's fine-tune, a late-rewound ticket: from a checkpoint
     trainable = {"params": start["params"],
                  "scores": start.get("scores", state.trainable["scores"])}

@@ -37,8 +37,8 @@ def locked(workdir: str | os.PathLike):
   if workdir in _held:
     yield
     return
-  if workdir.exists() and not workdir.is_dir():
-    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  _refuse_a_file(workdir)
+  created = [p for p in (workdir, *workdir.parents) if not p.exists()]
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -58,7 +58,12 @@ def locked(workdir: str | os.PathLike):
     yield
   finally:
     del _held[workdir]
-    os.close(fd)  # releases the lock; the file stays, empty of meaning
+    if created and os.listdir(workdir) == [LOCK_FILE]:  # refused before writing: leave no trace
+      (workdir / LOCK_FILE).unlink()
+      for directory in created:
+        with contextlib.suppress(OSError):
+          directory.rmdir()
+    os.close(fd)  # releases the lock
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -89,11 +94,7 @@ def replaced_atomically(path: Path):
 def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
   """Everything about `workdir` that can refuse a run, read-only and before any heavy setup:
   a file in its place, a folder that cannot be created or written, a run of another config."""
-  if workdir.exists() and not workdir.is_dir():
-    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
-  existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
-  if not existing.is_dir():
-    raise RunError(f"cannot create workdir {workdir}: {existing} is a file; use another --workdir")
+  existing = _refuse_a_file(workdir)
   if not os.access(existing, os.W_OK | os.X_OK):
     what = "write to" if existing == workdir else f"create it: {existing} is not writable"
     raise RunError(f"cannot {what} workdir {workdir}; use another --workdir or fix its permissions")
@@ -104,17 +105,51 @@ def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
                      "use another --workdir or --overwrite")
 
 
+def _refuse_a_file(workdir: Path) -> Path:
+  """RunError if `workdir` or a folder above it is a file; else its nearest existing folder."""
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
+  if not existing.is_dir():
+    raise RunError(f"cannot create workdir {workdir}: {existing} is a file; use another --workdir")
+  return existing
+
+
 def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
-  """Writes config.json (after `check`); with `overwrite`, drops the previous run's files."""
+  """Writes config.json (after `check`); with `overwrite`, drops the previous run's files. A run
+  that trained nothing yet, or that this config extends, gets this config's config.json."""
   check(config, workdir, overwrite)
   path = workdir / "config.json"
-  if path.exists() and not overwrite and read_config(workdir).get("epochs") >= config.epochs:
+  if (path.exists() and not overwrite and trained(workdir)
+      and read_config(workdir).get("epochs") >= config.epochs):
     return
   if overwrite:
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
   workdir.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(path, config.to_dict())
+  write_json_atomic(path, on_disk(config.to_dict(), workdir))
+
+
+def trained(workdir: Path) -> bool:
+  """Whether a run directory holds anything trained: a metrics line or a checkpoint."""
+  checkpoints = workdir / "checkpoints"
+  return bool(read_metrics(workdir)) or (checkpoints.is_dir() and any(
+      p.name.isdigit() for p in checkpoints.iterdir()))
+
+
+PATH_FIELDS = ("mask_run", "prune_from", "rewind_from")  # other run directories
+
+
+def on_disk(values: dict, workdir: Path, base: Path | None = None) -> dict:
+  """A config as config.json holds it: the run directories it names relative to the run's own
+  (`workdir`), so a study moved or reached through another path is still the same run. `base`
+  is what the names are relative to now (None: the current directory)."""
+  out = dict(values, relative_paths=True)
+  for key in PATH_FIELDS:
+    if values.get(key):
+      target = Path(values[key]) if base is None else base / values[key]
+      out[key] = os.path.relpath(os.path.abspath(target), os.path.abspath(workdir))
+  return out
 
 
 def read_config(workdir: Path) -> dict:
@@ -135,8 +170,14 @@ def config_diff(config: Config, workdir: Path) -> list[str]:
   """The fields in which `config` differs from the run in `workdir` (fields added since that
   run was written count as their defaults). More epochs under a constant schedule is no
   difference: the run continues bit-identically, as if it had been started with them."""
-  previous = {**Config().to_dict(), **read_config(workdir)}
-  diff = sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+  stored = read_config(workdir)
+  if not trained(workdir):
+    return []  # nothing trained under the old config.json: this one replaces it
+  if not stored.get("relative_paths"):  # written before paths were stored relative to the run
+    stored = on_disk(stored, workdir)
+  previous = {**Config().to_dict(), **stored}
+  current = on_disk(config.identity(), workdir)
+  diff = sorted(k for k in config.identity() if previous.get(k) != current[k])
   if diff == ["epochs"] and extends(config, previous):
     return []
   return diff

@@ -173,15 +173,17 @@ def test_finetune_from_the_wrong_run_is_refused(reference, tmp_path, capsys):
   assert cli.main(digits.get_config, "digits",
                   ["--workdir", str(tmp_path / "a"), "--regime", "finetune", *wrong_model]) == 2
   assert "model='lenet300-100'" in capsys.readouterr().err
-  weight = tmp_path / "w"
-  cli.main(digits.get_config, "digits", ["--workdir", str(weight), "--regime", "weight",
-                                         "--set", "model=lenet300-100", "--set", "epochs=1"])
+  capsys.readouterr()
+  finetune = tmp_path / "a" / "f"  # a fine-tune is no start (a mask run is; a weight run too)
+  assert cli.main(digits.get_config, "digits",
+                  ["--workdir", str(finetune), "--regime", "finetune", "--set", f"mask_run={reference}",
+                   "--set", "model=lenet300-100", "--set", "epochs=1"]) == 0
   capsys.readouterr()
   assert cli.main(digits.get_config, "digits",
                   ["--workdir", str(tmp_path / "b"), "--regime", "finetune", "--set",
-                   f"mask_run={weight}", "--set", "model=lenet300-100"]) == 2
-  assert "is a 'weight' run" in capsys.readouterr().err
-  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+                   f"mask_run={finetune}", "--set", "model=lenet300-100"]) == 2
+  assert "is a 'finetune' run" in capsys.readouterr().err
+  assert not (tmp_path / "b").exists()
 
 
 def test_a_finite_but_exploding_loss_is_warned_about(capsys):
@@ -207,10 +209,11 @@ def test_a_damaged_config_json_is_named_before_any_setup(tmp_path, capsys, monke
 def test_bad_workdirs_are_refused_before_any_setup(tmp_path, capsys, monkeypatch, where):
   monkeypatch.setattr(run.data, "load", lambda *a, **k: pytest.fail("loaded data first"))
   target = tmp_path / "run"
-  if where == "another_config":  # a single run's and --regime all's mask run
+  if where == "another_config":  # a single run's and --regime all's mask run, each trained
     for folder in (target, target / "mask"):
       folder.mkdir()
       (folder / "config.json").write_text(json.dumps({"seed": 5}))
+      (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 1}) + "\n")
   else:
     target.write_text("not a folder")
     target = target if where == "file" else target / "sub"
@@ -263,3 +266,71 @@ def test_orbax_warnings_a_user_cannot_act_on_are_dropped(reference, caplog):
       logging.getLogger("absl").warning(f"orbax says: {text}")
     logging.getLogger("absl").warning("a warning that matters")
   assert [r.getMessage() for r in caplog.records] == ["a warning that matters"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "lr=Infinity"], "'lr' expects a finite number"),
+    (["--set", "lr=1e999"], "'lr' expects a finite number"),
+    (["--set", "seed=-1"], "seed must be >= 0"),
+])
+def test_values_that_cannot_train_are_refused_before_anything_is_written(tmp_path, capsys, bad, message):
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path / "w"), *ARGS, *bad]) == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
+def test_negative_seeds_are_refused_by_the_parser(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(digits.get_config, "digits", ["--workdir", str(tmp_path), "--seeds", "-1"])
+  assert "--seeds takes seeds >= 0" in capsys.readouterr().err
+
+
+def test_a_run_that_trained_nothing_does_not_block_a_corrected_config(tmp_path, capsys):
+  from smjax import workdir as workdir_lib
+  workdir = tmp_path / "run"
+  workdir_lib.claim(digits.get_config().replace(model="lenet300-100", lr=123.0), workdir)
+  assert cli.main(digits.get_config, "digits",
+                  ["--workdir", str(workdir), *ARGS, "--set", "epochs=1"]) == 0
+  assert json.loads((workdir / "config.json").read_text())["lr"] == digits.get_config().lr
+  assert len(run.read_metrics(workdir)) == 1
+
+
+def test_a_moved_study_is_still_the_same_study(tmp_path, capsys):
+  sets = ["model=lenet300-100", "batch_size=32", "epochs=1", "finetune_epochs=1", "val_size=100"]
+  args = lambda w: ["--workdir", str(w), *[a for s in sets for a in ("--set", s)]]
+  assert cli.main(digits.get_config, "digits", args(tmp_path / "a")) == 0
+  stored = json.loads((tmp_path / "a" / "finetune" / "config.json").read_text())
+  assert stored["mask_run"] == "../mask"
+  (tmp_path / "a").rename(tmp_path / "b")
+  capsys.readouterr()
+  assert cli.main(digits.get_config, "digits", args(tmp_path / "b")) == 0
+  out = capsys.readouterr().out
+  assert out.count("nothing to do") == 3 and "differs" not in out
+  # A run written before paths were stored relative to it: its path as typed still matches.
+  old = {**stored, "mask_run": str(tmp_path / "b" / "mask")}
+  del old["relative_paths"]
+  (tmp_path / "b" / "finetune" / "config.json").write_text(json.dumps(old))
+  assert cli.main(digits.get_config, "digits", args(tmp_path / "b")) == 0
+
+
+def test_a_model_that_does_not_fit_the_images_is_one_error_line(tmp_path, capsys):
+  args = ["--regime", "mask", "--workdir", str(tmp_path / "w"), "--set", "model=lenet5"]
+  assert cli.main(digits.get_config, "digits", args) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "'lenet5' does not fit digits's 8x8x1 images" in err[0]
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
+def test_a_report_of_a_file_is_one_error_line(tmp_path, capsys):
+  from smjax import report
+  (tmp_path / "f").write_text("x")
+  assert report.main([str(tmp_path / "f")]) == 2
+  assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_damaged_gzip_is_named(tmp_path):
+  from smjax import dataset_files
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  path.write_bytes(b"\x1f\x8b\x08\x00garbage")
+  with pytest.raises(dataset_files.FileError, match=f"{path}: not a readable gzip file"):
+    dataset_files.parse_idx(path.read_bytes(), path)
