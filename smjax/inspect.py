@@ -191,5 +191,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def main_exit() -> None:
+  """The console script's entry point."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  main_exit()

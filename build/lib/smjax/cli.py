@@ -1,0 +1,186 @@
+"""Command line of every experiment module: `--workdir`, `--regime`, `--set key=value`.
+
+An experiment is a module with `get_config(**kwargs)`; its main is `cli.main(get_config, name)`.
+Bad input ends with one `error: ...` line and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from smjax import checkpoint, config as config_lib, data, distributed, run, runtime
+
+
+COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr", "finetune_epochs",
+                 # the controls of --regime all (docs/results/decision_rule.md)
+                 "finetune_controls", "equal_compute", "original_finetune", "original_control",
+                 "dynamic_rescale")
+
+
+def config_help(get_config) -> str:
+  """The config fields a user of this experiment most likely changes, with their defaults: the
+  common ones and every one the experiment sets away from `Config`'s default."""
+  config, base = get_config().to_dict(), config_lib.Config().to_dict()
+  keys = list(COMMON_FIELDS) + [k for k in config if config[k] != base[k] and k not in COMMON_FIELDS]
+  switches = " or ".join(f"--set {p}=..." for p in inspect.signature(get_config).parameters)
+  lines = [f"  {key} = {config[key]!r}" for key in keys]
+  return "\n".join(
+      ["config (change with --set KEY=VALUE; every field and its meaning: smjax/config.py):",
+       *lines] + ([f"{switches} also switches the settings this experiment derives from it."]
+                  if switches else []))
+
+
+def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
+                                   epilog=config_help(get_config) if get_config else None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default=None,
+                      help=f"run directory (default: runs/{name} for --regime all, else "
+                      f"runs/{name}/REGIME); rerun the same command to resume")
+  parser.add_argument("--regime", default="all", choices=run.REGIMES,
+                      help="one run; every run of one initialization plus the report (all); "
+                      "or lottery-ticket rounds and their controls (tickets, smjax/tickets.py)")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field (repeatable), e.g. --set lr=0.1")
+  parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                      help="--regime all (or tickets) once per seed in WORKDIR/seed<N>/, then the aggregated "
+                      "report in WORKDIR/report/ (mean ± std, paired t-intervals)")
+  parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                      help="train up to N runs of --regime all / --seeds / tickets at once, each in "
+                      "its own process on its own share of the CPU cores: faster for small models "
+                      "on CPU (default 1)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="discard the checkpoints and metrics of a run with another config")
+  cluster = parser.add_argument_group(
+      "several processes (smjax/distributed.py)",
+      "run the same command in every process; --distributed alone where jax finds the cluster "
+      "itself (TPU pod slices, SLURM), else the three explicit settings")
+  cluster.add_argument("--distributed", action="store_true", help="join a multi-process run")
+  cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+  cluster.add_argument("--num-processes", type=int, metavar="N")
+  cluster.add_argument("--process-id", type=int, metavar="I")
+  cluster.add_argument("--distributed-timeout", type=int, default=60, metavar="SECONDS",
+                       help="give up joining after this long (default 60)")
+  args = parser.parse_args(argv)
+  if args.seeds and min(args.seeds) < 0:
+    parser.error(f"--seeds takes seeds >= 0, got {min(args.seeds)}")
+  if args.seeds and args.regime not in ("all", "tickets"):
+    parser.error("--seeds runs every regime of each seed; leave out --regime")
+  if args.jobs < 1 or (args.jobs > 1 and args.regime not in ("all", "tickets")):
+    parser.error("--jobs takes N >= 1, and N > 1 only with --regime all or tickets")
+  if args.jobs > 1 and (args.distributed or args.coordinator):
+    parser.error("--jobs > 1 trains on one machine's cores; a multi-process run takes one job")
+  return args
+
+
+def build_config(get_config, overrides: list[str]) -> config_lib.Config:
+  """`get_config(**kwargs)` called with the overrides it takes as arguments (e.g. `protocol`,
+  which switches a whole set of fields), then every override applied on top."""
+  params = inspect.signature(get_config).parameters
+  base = config_lib.with_overrides(config_lib.Config(), overrides)  # validates keys and types
+  kwargs = {key: getattr(base, key) for key in params
+            if any(o.startswith(key + "=") for o in overrides)}
+  return config_lib.with_overrides(get_config(**kwargs), overrides)
+
+
+def _record_command(workdir: Path, name: str, argv) -> None:
+  """WORKDIR/command.txt: every distinct command that ran a study (e.g. one that added seeds),
+  one per line, for its report."""
+  path = workdir / "command.txt"
+  args = sys.argv[1:] if argv is None else argv
+  line = " ".join(["python -m", f"experiments.{name}", *map(shlex.quote, args)])
+  lines = path.read_text().splitlines() if path.exists() else []
+  if distributed.is_writer() and line not in lines:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines + [line]) + "\n")
+
+
+def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
+  """Runs the experiment `get_config` describes; returns the process exit code."""
+  runtime.configure()
+  args = parse_args(name, argv, doc, get_config)
+  if args.distributed or args.coordinator:
+    try:
+      distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                             args.distributed_timeout)
+    except run.RunError as err:
+      print(f"error: {err}", file=sys.stderr)
+      return 2
+  with _sigterm_interrupts():
+    return _main(get_config, name, argv, args)
+
+
+def default_workdir(name: str, args: argparse.Namespace) -> Path:
+  """Where a command writes: --workdir, else runs/NAME (a study or --regime all; tickets:
+  runs/NAME_tickets) or runs/NAME/REGIME (one run)."""
+  if args.workdir:
+    return Path(args.workdir)
+  if args.regime == "tickets":
+    return Path(f"runs/{name}_tickets")
+  if args.seeds or args.regime == "all":
+    return Path(f"runs/{name}")
+  return Path(f"runs/{name}/{args.regime}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+  """SIGTERM outside the epoch loop (setup, report) interrupts as Ctrl-C does; the loop
+  installs its own graceful stop for both."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _main(get_config, name: str, argv, args) -> int:
+  try:
+    config = build_config(get_config, args.overrides)
+    config_lib.validate(config)  # before a study's command.txt is written
+    workdir = default_workdir(name, args)
+    with run.writer_lock(workdir):
+      _dispatch(config, workdir, name, argv, args)
+  except (ValueError, run.RunError, data.DataError, checkpoint.CheckpointError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  except run.Stopped as stopped:
+    if distributed.is_writer():
+      print(stopped, file=sys.stderr)
+  except KeyboardInterrupt:  # outside the epoch loop (which stops gracefully): setup or report
+    print("\ninterrupted outside training; every finished epoch is kept and no report is "
+          "half-written; rerun the same command to continue", file=sys.stderr)
+    return 130
+  return 0
+
+
+def _dispatch(config: config_lib.Config, workdir: Path, name: str, argv, args) -> None:
+  """Trains what the command asks for in `workdir` (its lock held)."""
+  if args.regime == "tickets":
+    _record_command(workdir, name, argv)
+    distributed.say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite, jobs=args.jobs)}")
+  elif args.seeds:
+    _record_command(workdir, name, argv)
+    distributed.say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite, jobs=args.jobs)}")
+  elif args.regime == "all":
+    run.train_all(config, workdir, overwrite=args.overwrite, jobs=args.jobs)
+    distributed.say(f"report: {workdir / 'report' / 'summary.md'}")
+  else:
+    single = run.regime_configs(config, workdir.parent)[args.regime]
+    # What the user set explicitly is not replaced by what the regime derives: with
+    # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
+    # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
+    explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
+    single = single.replace(**{k: getattr(config, k) for k in explicit})
+    run.train(single, workdir, overwrite=args.overwrite)

@@ -1,0 +1,201 @@
+"""Datasets held in memory as uint8 arrays, and batching by index gather.
+
+`mnist` and `cifar10` come from their original distribution files in `data_dir`
+(or `$SMJAX_DATA_DIR`; see `dataset_files`), else from a prepared
+tensorflow-datasets directory (`data_dir` or `$TFDS_DATA_DIR`); `digits` is
+scikit-learn's `load_digits` (1,797 real 8x8 handwritten digits, shipped inside
+the package), the offline default.
+Batches come shaped for the pmapped step: [devices, per_device, ...].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator
+
+import numpy as np
+
+from smjax import dataset_files
+
+DATASETS = ("digits", "mnist", "cifar10")
+# Per-channel mean and std of the [0, 1]-scaled training images.
+NORMALIZATION = {
+    "digits": ((0.3053,), (0.3760,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+DEFAULT_VAL_SIZE = {"digits": 0.1, "mnist": 5000, "cifar10": 5000}
+DIGITS_TEST_SIZE = 360
+
+
+class DataError(RuntimeError):
+  """A dataset that cannot be loaded here (e.g. not prepared on an offline machine)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # [n, height, width, channels] uint8
+  labels: np.ndarray  # [n] int32
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  val: Split | None
+  test: Split
+  num_classes: int
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train.images.shape[1:])
+
+
+def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int = 0) -> Dataset:
+  """Loads a dataset and holds out a stratified validation split from its training data.
+
+  val_size: -1 the dataset default (5,000 for mnist/cifar10, 10% for digits);
+  >= 1 a count; in (0, 1) a fraction; 0 no validation split. The split depends
+  only on `split_seed`, so runs with different seeds share it.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+  train, test = _load_digits() if name == "digits" else _load_files_or_tfds(name, data_dir)
+  num_classes = 10
+  val_size = DEFAULT_VAL_SIZE[name] if val_size == -1 else val_size
+  if not val_size:
+    return Dataset(name, train, None, test, num_classes)
+  from sklearn.model_selection import train_test_split
+  count = int(val_size) if val_size >= 1 else val_size
+  train_idx, val_idx = train_test_split(np.arange(len(train)), test_size=count,
+                                        stratify=train.labels, random_state=split_seed)
+  take = lambda idx: Split(train.images[np.sort(idx)], train.labels[np.sort(idx)])
+  return Dataset(name, take(train_idx), take(val_idx), test, num_classes)
+
+
+def _load_digits() -> tuple[Split, Split]:
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  digits = load_digits()
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_SIZE,
+                                         stratify=labels, random_state=0)
+  return (Split(images[np.sort(train_idx)], labels[np.sort(train_idx)]),
+          Split(images[np.sort(test_idx)], labels[np.sort(test_idx)]))
+
+
+def _load_files_or_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
+  """The original files in data_dir or $SMJAX_DATA_DIR if there, else tfds's prepared data."""
+  files_dir = data_dir or os.environ.get("SMJAX_DATA_DIR", "")
+  try:
+    paths = dataset_files.find(name, files_dir) if files_dir else None
+    if paths is not None:
+      return tuple(Split(*dataset_files.read_split(name, paths[split])) for split in ("train", "test"))
+  except dataset_files.FileError as err:
+    raise DataError(str(err)) from None
+  return _load_tfds(name, data_dir)
+
+
+def _load_tfds(name: str, data_dir: str) -> tuple[Split, Split]:
+  import absl.logging
+  import tensorflow_datasets as tfds
+  absl.logging.set_verbosity(absl.logging.ERROR)  # tfds warns about metadata it does not need
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+  try:
+    sources = [tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+               for split in ("train", "test")]
+  except (tfds.core.DatasetNotFoundError, KeyError, NotImplementedError, AssertionError):
+    where = data_dir or os.environ.get("SMJAX_DATA_DIR") or tfds.core.constants.DATA_DIR
+    raise DataError(
+        f"dataset {name!r}: neither its original files nor a prepared tfds copy found in {where}; "
+        f"either put the original files in a folder and pass --set data_dir=DIR (or set "
+        f"SMJAX_DATA_DIR), or prepare it with tfds (tfds build {name} --file_format array_record "
+        f"--data_dir DIR) and pass that DIR (or set TFDS_DATA_DIR)") from None
+  return tuple(_read_split(source) for source in sources)
+
+
+def _read_split(source) -> Split:
+  examples = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+  labels = np.asarray([e["label"] for e in examples], np.int32)
+  return Split(images, labels)
+
+
+# --------------------------------------------------------------------------
+# Batching.
+
+
+def check_batch_size(batch_size: int, num_devices: int, process_count: int = 1) -> None:
+  """A global batch must split evenly across every device of every process."""
+  total = num_devices * process_count
+  if batch_size % total:
+    raise ValueError(f"batch_size {batch_size} does not split across {total} devices; "
+                     f"use a multiple of {total}")
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+  return len(split) // batch_size
+
+
+def _shard(array: np.ndarray, num_devices: int | None) -> np.ndarray:
+  if num_devices is None:
+    return array  # [batch, ...] for a single-device (jit) step
+  return array.reshape(num_devices, -1, *array.shape[1:])  # [devices, per_device, ...]
+
+
+def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
+                  num_devices: int | None = None,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Shuffled training batches of one epoch; the remainder is dropped.
+
+  The order is a function of (seed, epoch) only. Each process takes its own
+  contiguous slice of every global batch. Yields {'image': uint8
+  [devices, per_device, h, w, c], 'label': int32 [devices, per_device]}, or
+  [batch, ...] without the device axis when `num_devices` is None.
+  """
+  check_batch_size(batch_size, num_devices or 1, process_count)
+  order = np.random.default_rng([seed, epoch]).permutation(len(split))
+  local = batch_size // process_count
+  for step in range(steps_per_epoch(split, batch_size)):
+    idx = np.sort(order[step * batch_size:(step + 1) * batch_size]
+                  )[process_index * local:(process_index + 1) * local]  # any process count: same split
+    yield {"image": _shard(split.images[idx], num_devices),
+           "label": _shard(split.labels[idx], num_devices)}
+
+
+def stack_batches(batches: Iterator[dict], k: int, axis: int = 1) -> Iterator[dict]:
+  """Groups consecutive batches into one with a new [k] axis (the last group may be shorter).
+
+  axis=1 puts it after the device axis: [devices, k, per_device, ...].
+  """
+  group = []
+  for batch in batches:
+    group.append(batch)
+    if len(group) == k:
+      yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+      group = []
+  if group:
+    yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+
+
+def eval_batches(split: Split, batch_size: int, *, num_devices: int | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Every example exactly once; the last batch is padded and its padding has weight 0.
+
+  Yields the train batch fields plus 'weight': float32 [devices, per_device].
+  """
+  total = (num_devices or 1) * process_count
+  batch_size = -(-batch_size // total) * total
+  local = batch_size // process_count
+  for start in range(0, len(split), batch_size):
+    idx = np.arange(start, start + batch_size)[process_index * local:(process_index + 1) * local]
+    valid = idx < len(split)
+    idx = np.where(valid, idx, 0)
+    yield {"image": _shard(split.images[idx], num_devices),
+           "label": _shard(split.labels[idx], num_devices),
+           "weight": _shard(valid.astype(np.float32), num_devices)}

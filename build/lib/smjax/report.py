@@ -1,0 +1,135 @@
+"""The report of a `--regime all` run: accuracy curves, mask utilization, summary.
+
+    python -m smjax.report WORKDIR
+
+writes WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; for a multi-seed study
+(WORKDIR/seed<N>/) the aggregated report of `smjax.study`, for ticket rounds `smjax.tickets`'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import absl.logging
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from smjax import checkpoint, study, tickets  # noqa: E402
+from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402, F401  (re-exported)
+from smjax.workdir import RunError, replaced_atomically  # noqa: E402
+
+def plot_curves(summary: dict, path: Path) -> None:
+  """Test accuracy per epoch; finetune continues from the mask run's best epoch."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  regimes = summary["regimes"]
+  for regime in REGIMES:
+    if regime not in regimes:
+      continue
+    color = COLORS[regime]
+    curve = regimes[regime]["curve"]
+    offset = regimes["mask"]["best_epoch"] if regime.startswith("finetune") and "mask" in regimes \
+        else 0
+    epochs = [offset + m["epoch"] for m in curve]
+    accuracy = [100 * m["test_accuracy"] for m in curve]
+    if offset:  # start the continuation at the mask checkpoint it starts from
+      start = regimes["mask"]["curve"][offset - 1]
+      epochs, accuracy = [offset] + epochs, [100 * start["test_accuracy"]] + accuracy
+    ax.plot(epochs, accuracy, marker="o", ms=3, color=color,
+            label=f"{regime} (best {100 * regimes[regime]['best_test_accuracy']:.2f}%)")
+  ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Supermask, weights, and finetuned supermask")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_mask_utilization(layers: list[dict], path: Path) -> None:
+  """% of weights masked per layer, in layer order and against layer size (log axis)."""
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  masked = [100 * layer["masked_fraction"] for layer in layers]
+  ax1.bar(range(len(layers)), masked, color="tab:blue")
+  ax1.set_xticks(range(len(layers)), [layer["name"].rsplit("/", 1)[0] for layer in layers],
+                 rotation=90, fontsize=7)
+  ax1.set(ylabel="% of weights masked", title="Mask utilization per layer", ylim=(0, 100))
+  ax2.scatter([layer["n_weights"] for layer in layers], masked, color="tab:blue")
+  ax2.set_xscale("log")
+  ax2.set(xlabel="weights in layer", ylabel="% of weights masked", title="Masked share vs layer size",
+          ylim=(0, 100))
+  for ax in (ax1, ax2):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def summary_markdown(summary: dict) -> str:
+  pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+  out = ["# Summary", "",
+         "| regime | epochs | best epoch (by) | test acc at best | val acc at best | final test acc "
+         "| masked |", "|---|---|---|---|---|---|---|"]
+  for regime, r in summary["regimes"].items():
+    out.append(f"| {regime} | {r['epochs']} | {r['best_epoch']} ({r['best_on']}) | "
+               f"{pct(r['best_test_accuracy'])} | {pct(r['best_val_accuracy'])} | "
+               f"{pct(r['final_test_accuracy'])} | {pct(r['masked_fraction'])} |")
+  if summary["layers"]:
+    out += ["", "## Mask of the best mask checkpoint", "",
+            "| layer | shape | weights | masked |", "|---|---|---|---|"]
+    for layer in summary["layers"]:
+      out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {layer['n_weights']:,} "
+                 f"| {pct(layer['masked_fraction'])} |")
+    total = sum(layer["n_weights"] for layer in summary["layers"])
+    zeros = sum(layer["n_weights"] * layer["masked_fraction"] for layer in summary["layers"])
+    out.append(f"| **total** | | {total:,} | {pct(zeros / total)} |")
+  return "\n".join(out) + "\n"
+
+
+def write_report(workdir: str | Path) -> Path:
+  """WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; returns summary.md's path."""
+  workdir = Path(workdir)
+  summary = summarize(workdir)
+  if not summary["regimes"]:
+    raise FileNotFoundError(f"{workdir} holds no mask/, weight/ or finetune/ runs")
+  with replaced_atomically(workdir / "report") as out:
+    plot_curves(summary, out / "curves.png")
+    if summary["layers"]:
+      plot_mask_utilization(summary["layers"], out / "mask_utilization.png")
+    (out / "summary.md").write_text(summary_markdown(summary))
+  return workdir / "report" / "summary.md"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir")
+  parser.add_argument("--supermasks", nargs="+", type=Path, default=[], metavar="STUDY",
+                      help="ticket studies: supermask studies (--seeds) to set beside the tickets")
+  args = parser.parse_args(argv)
+  absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
+  if not Path(args.workdir).is_dir():
+    print(f"error: {args.workdir} is not a directory; give a run or study workdir", file=sys.stderr)
+    return 2
+  try:
+    if tickets.seed_dirs(args.workdir):
+      summary = tickets.write_report(args.workdir, args.supermasks)
+    elif study.seed_dirs(args.workdir):
+      summary = study.write_report(args.workdir)
+    else:
+      summary = write_report(args.workdir)
+  except (FileNotFoundError, checkpoint.CheckpointError, RunError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  print(summary)
+  return 0
+
+
+def main_exit() -> None:
+  """The console script's entry point."""
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  main_exit()

@@ -1,0 +1,266 @@
+"""The run directory: config.json, metrics.jsonl and what may be reused.
+
+metrics.jsonl gets one line per finished epoch, appended after that epoch's checkpoint is
+on disk; on resume it is made to match the checkpoint (a line lost to a kill is restored from
+the checkpoint, lines of epochs that no checkpoint holds are dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from smjax.config import Config
+
+
+class RunError(RuntimeError):
+  """A run that must not start or go on (conflicting workdir, missing mask run, NaN loss...)."""
+
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # this process's locks: path -> open file descriptor
+
+
+@contextlib.contextmanager
+def locked(workdir: str | os.PathLike):
+  """One writer per workdir: an exclusive lock on WORKDIR/.lock for the block, or a RunError
+  naming the process that holds it. Re-entrant within a process; the operating system drops it
+  when its holder dies, however it dies."""
+  workdir = Path(workdir).absolute()
+  if workdir in _held:
+    yield
+    return
+  _refuse_a_file(workdir)
+  created = [p for p in (workdir, *workdir.parents) if not p.exists()]
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as err:
+    raise RunError(f"cannot create workdir {workdir}: {err.strerror}; use another --workdir") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise RunError(f"{workdir} is in use by {holder}; wait for it to end (or stop it) and "
+                   "rerun") from None
+  os.ftruncate(fd, 0)
+  os.write(fd, f"process {os.getpid()} ({shlex.join(sys.argv)[:300]})\n".encode())
+  _held[workdir] = fd
+  try:
+    yield
+  finally:
+    del _held[workdir]
+    if created and os.listdir(workdir) == [LOCK_FILE]:  # refused before writing: leave no trace
+      (workdir / LOCK_FILE).unlink()
+      for directory in created:
+        with contextlib.suppress(OSError):
+          directory.rmdir()
+    os.close(fd)  # releases the lock
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path):
+  """Yields a fresh temporary directory that replaces `path` only once the block completes:
+  an interrupt leaves the previous `path` (or none) and no half-written one."""
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = path.with_name(f"{path.name}.old-{os.getpid()}")
+  if path.exists():
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
+  """Everything about `workdir` that can refuse a run, read-only and before any heavy setup:
+  a file in its place, a folder that cannot be created or written, a run of another config."""
+  existing = _refuse_a_file(workdir)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "write to" if existing == workdir else f"create it: {existing} is not writable"
+    raise RunError(f"cannot {what} workdir {workdir}; use another --workdir or fix its permissions")
+  if (workdir / "config.json").exists() and not overwrite:
+    diff = config_diff(config, workdir)
+    if diff:
+      raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
+                     "use another --workdir or --overwrite")
+
+
+def _refuse_a_file(workdir: Path) -> Path:
+  """RunError if `workdir` or a folder above it is a file; else its nearest existing folder."""
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
+  if not existing.is_dir():
+    raise RunError(f"cannot create workdir {workdir}: {existing} is a file; use another --workdir")
+  return existing
+
+
+def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
+  """Writes config.json (after `check`); with `overwrite`, drops the previous run's files. A run
+  that trained nothing yet, or that this config extends, gets this config's config.json."""
+  check(config, workdir, overwrite)
+  path = workdir / "config.json"
+  if (path.exists() and not overwrite and trained(workdir)
+      and read_config(workdir).get("epochs") >= config.epochs):
+    return
+  if overwrite:
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(path, on_disk(config.to_dict(), workdir))
+
+
+def trained(workdir: Path) -> bool:
+  """Whether a run directory holds anything trained: a metrics line or a checkpoint."""
+  checkpoints = workdir / "checkpoints"
+  return bool(read_metrics(workdir)) or (checkpoints.is_dir() and any(
+      p.name.isdigit() for p in checkpoints.iterdir()))
+
+
+PATH_FIELDS = ("mask_run", "prune_from", "rewind_from")  # other run directories
+
+
+def on_disk(values: dict, workdir: Path, base: Path | None = None) -> dict:
+  """A config as config.json holds it: the run directories it names relative to the run's own
+  (`workdir`), so a study moved or reached through another path is still the same run. `base`
+  is what the names are relative to now (None: the current directory)."""
+  out = dict(values, relative_paths=True)
+  for key in PATH_FIELDS:
+    if values.get(key):
+      target = Path(values[key]) if base is None else base / values[key]
+      out[key] = os.path.relpath(os.path.abspath(target), os.path.abspath(workdir))
+  return out
+
+
+def read_config(workdir: Path) -> dict:
+  """A run's config.json; a damaged one is one error naming the file and the ways out."""
+  path = workdir / "config.json"
+  try:
+    values = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as err:
+    raise RunError(f"{path} is damaged ({err}); delete it to resume with this command's config, "
+                   "or use --overwrite or another --workdir") from None
+  if not isinstance(values, dict):
+    raise RunError(f"{path} is damaged (not a JSON object); delete it to resume with this "
+                   "command's config, or use --overwrite or another --workdir")
+  return values
+
+
+def config_diff(config: Config, workdir: Path) -> list[str]:
+  """The fields in which `config` differs from the run in `workdir` (fields added since that
+  run was written count as their defaults). More epochs under a constant schedule is no
+  difference: the run continues bit-identically, as if it had been started with them."""
+  stored = read_config(workdir)
+  if not trained(workdir):
+    return []  # nothing trained under the old config.json: this one replaces it
+  if not stored.get("relative_paths"):  # written before paths were stored relative to the run
+    stored = on_disk(stored, workdir)
+  previous = {**Config().to_dict(), **stored}
+  current = on_disk(config.identity(), workdir)
+  diff = sorted(k for k in config.identity() if previous.get(k) != current[k])
+  if diff == ["epochs"] and extends(config, previous):
+    return []
+  return diff
+
+
+def extends(config: Config, previous: dict) -> bool:
+  """Whether `config` is the run `previous` trained for more epochs: a constant schedule
+  (a step's learning rate and data do not depend on the total) and no fewer epochs."""
+  return (config.schedule == previous.get("schedule") == "constant"
+          and config.epochs >= previous.get("epochs", config.epochs))
+
+
+def finished(config: Config, workdir: Path) -> bool:
+  """Whether `workdir` holds a run of `config` with every epoch done and its last checkpoint
+  committed (a missing one means the run must resume from an earlier checkpoint)."""
+  if not (workdir / "config.json").exists() or config_diff(config, workdir):
+    return False
+  metrics = read_metrics(workdir)
+  return (len(metrics) >= config.epochs and
+          (workdir / "checkpoints" / str(metrics[-1]["step"])).is_dir())
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The metrics lines of a run; a last line torn by a kill is ignored."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  lines = []
+  for text in path.read_text().splitlines():
+    try:
+      lines.append(json.loads(text))
+    except json.JSONDecodeError:
+      break
+  return lines
+
+
+def sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
+  """Makes metrics.jsonl hold exactly one line per checkpointed epoch 1..epoch."""
+  current = read_metrics(workdir)
+  lines = [m for m in current if m["epoch"] <= epoch]
+  if last_line is not None and (not lines or lines[-1]["epoch"] < epoch):
+    lines.append(last_line)  # killed between the checkpoint and its metrics line
+  if len(lines) < len(current):
+    print(f"warning: metrics.jsonl had epochs after the last good checkpoint (epoch {epoch}); "
+          "they will be run again", file=sys.stderr)
+  path = workdir / "metrics.jsonl"
+  if lines != current or (path.exists() and not path.read_text().endswith("\n")
+                          and path.stat().st_size):
+    tmp = workdir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    os.replace(tmp, path)
+
+
+def append_metrics(workdir: Path, line: dict) -> None:
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write(json.dumps(line) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def append_wall_clock(study: Path, seconds: float, jobs: int, runs: int) -> None:
+  """One line in STUDY/wall_clock.jsonl per command that trained some of the study's runs, so
+  its report gives the real time it took (with --jobs, runs overlap in time)."""
+  study.mkdir(parents=True, exist_ok=True)
+  with open(study / "wall_clock.jsonl", "a") as f:
+    f.write(json.dumps({"seconds": seconds, "jobs": jobs, "runs": runs}) + "\n")
+
+
+def wall_clock(study: Path) -> dict | None:
+  """{seconds, commands, jobs} summed over STUDY/wall_clock.jsonl; None if it has none."""
+  path = Path(study) / "wall_clock.jsonl"
+  lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+  if not lines:
+    return None
+  return {"seconds": sum(l["seconds"] for l in lines), "commands": len(lines),
+          "jobs": sorted({l["jobs"] for l in lines})}
+
+
+def wall_clock_text(summary: dict | None) -> str:
+  """'Wall-clock of the training: 413 s (6.9 min), 1 command, --jobs 2. ' or ''."""
+  if not summary:
+    return ""
+  jobs = "/".join(map(str, summary["jobs"]))
+  plural = "s" if summary["commands"] > 1 else ""
+  return (f"Wall-clock of the training: {summary['seconds']:.0f} s ({summary['seconds'] / 60:.1f} "
+          f"min), {summary['commands']} command{plural}, --jobs {jobs}. ")
