@@ -73,9 +73,15 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
   metric = lambda metrics: metrics[best_metric]
   if read_only:  # ranking is best_step's, which reads what is readable
     skip = frozenset(damaged_metrics(directory))
+    # Reading is this process's alone: no barrier with the others (a report is written by
+    # process 0 while the others wait for it).
+    alone = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()},
+        barrier_sync_key_prefix=f"read{jax.process_index()}")
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=False, read_only=True, create=False,
-        step_name_format=_SkippingNameFormat(ocp.step.standard_name_format(), skip))
+        step_name_format=_SkippingNameFormat(ocp.step.standard_name_format(), skip),
+        multiprocessing_options=alone)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=ITEMS)
   policies = [ocp.checkpoint_managers.LatestN(n=2),
               ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1)]

@@ -79,6 +79,15 @@ def test_two_processes_give_the_one_process_run(runs):
   assert out0.count("[weight] epoch") == 4 and "[weight] epoch" not in out1  # process 0 reports
 
 
+def test_two_processes_run_every_regime_and_write_the_report(tmp_path):
+  """--regime all: process 0 writes the report (reading the checkpoints alone) while the other
+  waits for it; both exit 0."""
+  sets = ["--regime", "all", "--set", "epochs=1", "--set", "finetune_epochs=1"]
+  outs = finish(start_two(tmp_path, None, *sets))
+  assert (tmp_path / "report" / "summary.md").exists(), outs
+  assert all(run.read_metrics(tmp_path / r) for r in ("mask", "weight", "finetune"))
+
+
 def test_sigterm_to_one_process_stops_both_and_all_resume(runs, tmp_path):
   procs = start_two(tmp_path)
   deadline = time.time() + 180
