@@ -254,6 +254,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   checkpoints = checkpoint.checkpoint_dir(workdir)
   if distributed.is_writer():
     workdir_lib.claim(config, workdir, overwrite)
+    checkpoint.remove_temporaries(checkpoints)  # of saves a kill interrupted (we hold the lock)
     for damaged in checkpoint.damaged_metrics(checkpoints):
       moved = checkpoint.quarantine(checkpoints, damaged)
       print(f"warning: checkpoint {checkpoints / str(damaged)} is unreadable (its saved metrics); "

@@ -117,3 +117,28 @@ def test_an_error_in_a_worker_is_the_studys_one_error_line(tmp_path, capfd, monk
   err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
   assert len(err) == 1 and err[0].startswith("error: ") and "mnist" in err[0].lower(), err
   assert not list((tmp_path / "study").glob("*/metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_two_jobs_equal_one_for_adam_weights_and_bernoulli_masks_on_mnist(tmp_path):
+  """The Zhou et al. recipe (Bernoulli masks, SGD 100 on the scores, Adam on the weights) on
+  MNIST, one device per process as a user runs it: --jobs 2 (run first, each worker compiling
+  into its own fresh cache) equals --jobs 1 bit for bit in every metric."""
+  from experiments import zhou
+  data_dir = ROOT.parent / "shared" / "data"
+  if not (data_dir / "mnist").is_dir():
+    pytest.skip("needs the MNIST files in ../shared/data")
+  sets = [f"data_dir={data_dir}", "epochs=2", "finetune_epochs=1", "sampled_mask_evals=2"]
+  args = [a for s in sets for a in ("--set", s)] + ["--seeds", "0", "1"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  for jobs in ("2", "1"):
+    subprocess.run([sys.executable, "-m", "experiments.zhou", "--workdir", str(tmp_path / jobs),
+                    "--jobs", jobs, *args], cwd=ROOT, check=True, capture_output=True,
+                   env={**env, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / f"cache{jobs}")})
+  assert zhou.get_config().optimizer == "adam" and zhou.get_config().estimator == "bernoulli"
+  timing = ("seconds", "images_per_second")
+  for seed in (0, 1):
+    for regime in ("mask", "weight", "finetune", "finetune_original"):
+      one, two = (tmp_path / jobs / f"seed{seed}" / regime for jobs in ("1", "2"))
+      assert ([{k: v for k, v in m.items() if k not in timing} for m in read_metrics(one)] ==
+              [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(two)]), regime

@@ -334,3 +334,55 @@ def test_a_damaged_gzip_is_named(tmp_path):
   path.write_bytes(b"\x1f\x8b\x08\x00garbage")
   with pytest.raises(dataset_files.FileError, match=f"{path}: not a readable gzip file"):
     dataset_files.parse_idx(path.read_bytes(), path)
+
+
+def test_a_full_disk_while_checkpointing_is_one_error_line(tmp_path, capsys, monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  calls = []
+
+  def full_after_one(self, step, *args, **kwargs):
+    calls.append(step)
+    if len(calls) > 1:
+      (Path(self.directory) / f"{step}.orbax-checkpoint-tmp-1").mkdir()
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  original = ocp.CheckpointManager.save
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_after_one)
+  workdir = tmp_path / "run"
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(workdir), *ARGS]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: no space left on the device of "), err
+  assert "MiB free" in err[0] and "a checkpoint takes" in err[0]
+  assert [m["epoch"] for m in run.read_metrics(workdir)] == [1]
+  assert not list((workdir / "checkpoints").glob("*tmp*"))
+
+
+def test_a_full_disk_before_config_json_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+  import errno
+  from smjax import workdir as workdir_lib
+
+  def full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+  monkeypatch.setattr(Path, "write_text", full)
+  workdir = tmp_path / "run"
+  assert cli.main(digits.get_config, "digits", ["--workdir", str(workdir), *ARGS]) == 2
+  monkeypatch.undo()
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no space left" in err[0]
+  assert not (workdir / "config.json").exists() and not (workdir / "config.json.tmp").exists()
+  assert workdir_lib.LOCK_FILE  # the lock of a run refused before writing leaves nothing either
+  assert not workdir.exists() or not any(p.name != workdir_lib.LOCK_FILE for p in workdir.iterdir())
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+  from smjax import workdir as workdir_lib
+  (tmp_path / "report").mkdir()
+  dead = tmp_path / "report.tmp-999999999"
+  mine = tmp_path / f"report.tmp-{__import__('os').getpid()}"
+  dead.mkdir()
+  mine.mkdir()
+  workdir_lib.remove_stale_temporaries(tmp_path / "report")
+  assert not dead.exists() and mine.exists()
