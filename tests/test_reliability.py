@@ -386,3 +386,20 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
   mine.mkdir()
   workdir_lib.remove_stale_temporaries(tmp_path / "report")
   assert not dead.exists() and mine.exists()
+
+
+def test_a_val_size_that_leaves_nothing_is_one_error_line_in_our_words(tmp_path, capsys):
+  assert cli.main(digits.get_config, "digits",
+                  ["--workdir", str(tmp_path / "w"), *ARGS, "--set", "val_size=5000"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: val_size 5000 leaves no training examples: digits has 1437 training "
+                 "examples; use a count below that or a fraction in (0, 1)"]
+
+
+def test_more_jobs_than_cores_are_capped_with_a_warning(tmp_path, capsys, monkeypatch):
+  import os
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  config = digits.get_config().replace(model="lenet300-100", epochs=1, val_size=100.0)
+  run.train_runs({tmp_path / "a": config.replace(mode="weight")}, jobs=64)
+  assert "--jobs 64 on 1 CPU cores runs 1 at a time" in capsys.readouterr().err
+  assert len(run.read_metrics(tmp_path / "a")) == 1
