@@ -13,8 +13,8 @@ T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freed
 
 
 def numbers(best, final=0.5, to_99=3, masked=0.0, sampled=None):
-  return {"best_test_accuracy": best, "final_test_accuracy": final, "epochs_to_99": to_99,
-          "masked_fraction": masked, "sampled_test_accuracy": sampled}
+  return {"best_test_accuracy": best, "final_test_accuracy": final, "last3_test_accuracy": final,
+          "epochs_to_99": to_99, "masked_fraction": masked, "sampled_test_accuracy": sampled}
 
 
 def test_aggregation_matches_hand_computed_values():
@@ -54,10 +54,12 @@ def test_one_seed_has_no_spread_and_no_interval():
 
 
 def test_epochs_to_99_is_the_first_epoch_within_1_percent_of_the_runs_best():
-  curve = [{"epoch": i + 1, "test_accuracy": a} for i, a in enumerate([0.5, 0.93, 0.95, 0.94])]
-  regime = {"curve": curve, "best_epoch": 4, "best_test_accuracy": 0.94, "final_test_accuracy": 0.94,
-            "masked_fraction": 0.0}
-  assert study.run_numbers(regime)["epochs_to_99"] == 3  # 0.99 * 0.95 = 0.9405 > 0.93
+  curve = [{"epoch": i + 1, "test_accuracy": a, "val_accuracy": v, "masked_fraction": 0.0}
+           for i, (a, v) in enumerate([(0.5, 0.5), (0.93, 0.9), (0.95, 0.9), (0.94, 0.95)])]
+  numbers = study.run_numbers(curve, "val_accuracy")
+  assert numbers["epochs_to_99"] == 3  # 0.99 * 0.95 = 0.9405 > 0.93
+  assert numbers["best_epoch"] == 4 and numbers["best_test_accuracy"] == 0.94
+  assert numbers["last3_test_accuracy"] == pytest.approx((0.93 + 0.95 + 0.94) / 3)
 
 
 @pytest.mark.slow
@@ -66,10 +68,10 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
           "original_finetune=true"]
   args = ["--workdir", str(tmp_path), "--seeds", "0", "1", *[a for s in sets for a in ("--set", s)]]
   assert cli.main(digits.get_config, "digits", args) == 0
-  files = {"summary.md", "study.json", "curves.png", "mask_utilization.png"}
+  files = {"summary.md", "study.json", "curves.png", "total_epochs.png", "mask_utilization.png"}
   assert {p.name for p in (tmp_path / "report").iterdir()} == files
   result = json.loads((tmp_path / "report" / "study.json").read_text())
-  assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(summary.REGIMES)
+  assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(summary.REGIMES[:4])
   assert result["paired_vs_weight"]["finetune"]["n"] == 2
   assert result["command"].startswith("python -m experiments.digits --workdir")
   assert result["wall_clock"]["commands"] == 1 and result["wall_clock"]["seconds"] > 0
