@@ -115,7 +115,12 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
       print(f"error: {err}", file=sys.stderr)
       return 2
   with _sigterm_interrupts():
-    return _main(get_config, name, argv, args)
+    try:
+      return _main(get_config, name, argv, args)
+    except Exception as err:  # a collective that failed because another process is gone
+      if distributed.lost_peer(err):
+        distributed.lost_peer_exit(distributed.first_line(err))
+      raise
 
 
 def default_workdir(name: str, args: argparse.Namespace) -> Path:

@@ -112,8 +112,11 @@ def test_sigkill_of_one_process_ends_the_other_and_all_resume(runs, tmp_path):
     time.sleep(0.05)
   procs[1].kill()
   killed = time.time()
-  procs[0].communicate(timeout=60)  # JAX's runtime ends it once the heartbeats stop (20 s)
-  assert procs[0].returncode != 0 and time.time() - killed < 45
+  _, err = procs[0].communicate(timeout=90)  # its watchdog: no sign of process 1 for 20 s
+  assert procs[0].returncode == 2 and time.time() - killed < 60, err[-3000:]
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "another process of this multi-process run is gone" in errors[0]
+  assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
   finish(start_two(tmp_path))
   assert metrics(tmp_path) == metrics(runs["two"])
   for x, y in zip(state(tmp_path), state(runs["two"]), strict=True):
@@ -129,3 +132,16 @@ def test_an_unreachable_coordinator_is_one_error_line_in_bounded_time(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1 and "could not reach the coordinator" in lines[0]
   assert time.time() - began < 60
   assert not (tmp_path / "config.json").exists()
+
+
+def test_a_process_left_alone_is_one_error_line_in_bounded_time(tmp_path):
+  """Process 0 started, process 1 never: one error line, exit 2, no C++ stack trace."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.digits", "--workdir", str(tmp_path),
+                           *ARGS, "--coordinator", f"localhost:{free_port()}", "--num-processes",
+                           "2", "--process-id", "0", "--distributed-timeout", "5"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2, err[-2000:]
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "did not all join" in lines[0], err[-2000:]

@@ -11,6 +11,8 @@ Every checkpoint holds three items:
 
 from __future__ import annotations
 
+import errno
+
 import dataclasses
 import json
 import logging
@@ -73,9 +75,15 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
   metric = lambda metrics: metrics[best_metric]
   if read_only:  # ranking is best_step's, which reads what is readable
     skip = frozenset(damaged_metrics(directory))
+    # Reading is this process's alone: no barrier with the others (a report is written by
+    # process 0 while the others wait for it).
+    alone = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()},
+        barrier_sync_key_prefix=f"read{jax.process_index()}")
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=False, read_only=True, create=False,
-        step_name_format=_SkippingNameFormat(ocp.step.standard_name_format(), skip))
+        step_name_format=_SkippingNameFormat(ocp.step.standard_name_format(), skip),
+        multiprocessing_options=alone)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=ITEMS)
   policies = [ocp.checkpoint_managers.LatestN(n=2),
               ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=False, n=1)]
@@ -92,10 +100,33 @@ def make_manager(directory: str | os.PathLike, best_metric: str = "val_accuracy"
 def save(manager: ocp.CheckpointManager, step: int, state: Any, masks: Any, meta: dict) -> None:
   """Saves one checkpoint; `meta['metrics']` (absent mid-epoch) ranks it."""
   state = jax.device_get(state)  # host arrays: on several processes orbax writes process 0's
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), masks=ocp.args.StandardSave(masks),
-      meta=ocp.args.JsonSave(meta)), metrics=meta.get("metrics"))
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), masks=ocp.args.StandardSave(masks),
+        meta=ocp.args.JsonSave(meta)), metrics=meta.get("metrics"))
+    manager.wait_until_finished()
+  except Exception as err:  # orbax and tensorstore wrap a full disk in many types
+    if not is_disk_full(err):
+      raise
+    remove_temporaries(manager.directory)
+    raise OSError(errno.ENOSPC, "No space left on device", str(manager.directory)) from None
+
+
+def is_disk_full(err: BaseException) -> bool:
+  """Whether an error (or one it wraps) is a full disk or an exhausted quota."""
+  while err is not None:
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+        "No space left on device" in str(err):
+      return True
+    err = err.__cause__ or err.__context__
+  return False
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+  """Removes the temporary folders of saves that did not complete (orbax's *.orbax-checkpoint-tmp*);
+  called only by the run that holds the workdir."""
+  for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*") if Path(directory).is_dir() else ():
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:

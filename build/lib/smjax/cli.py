@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import inspect
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -114,7 +115,12 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
       print(f"error: {err}", file=sys.stderr)
       return 2
   with _sigterm_interrupts():
-    return _main(get_config, name, argv, args)
+    try:
+      return _main(get_config, name, argv, args)
+    except Exception as err:  # a collective that failed because another process is gone
+      if distributed.lost_peer(err):
+        distributed.lost_peer_exit(distributed.first_line(err))
+      raise
 
 
 def default_workdir(name: str, args: argparse.Namespace) -> Path:
@@ -158,11 +164,34 @@ def _main(get_config, name: str, argv, args) -> int:
   except run.Stopped as stopped:
     if distributed.is_writer():
       print(stopped, file=sys.stderr)
+  except OSError as err:
+    if not checkpoint.is_disk_full(err):
+      raise
+    where = Path(err.filename or args.workdir or ".")
+    print(f"error: no space left on the device of {where} ({_free_mib(where)} MiB free"
+          f"{_checkpoint_mib(where)}); free some space and rerun the same command: every "
+          "finished epoch is kept", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:  # outside the epoch loop (which stops gracefully): setup or report
     print("\ninterrupted outside training; every finished epoch is kept and no report is "
           "half-written; rerun the same command to continue", file=sys.stderr)
     return 130
   return 0
+
+
+def _free_mib(path: Path) -> int:
+  existing = next((p for p in (path, *path.absolute().parents) if p.exists()), Path("/"))
+  return shutil.disk_usage(existing).free // 2**20
+
+
+def _checkpoint_mib(path: Path) -> str:
+  """', a checkpoint takes N MiB' for a checkpoints folder that holds one, else ''."""
+  steps = sorted((p for p in path.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name)) \
+      if path.is_dir() else []
+  if not steps:
+    return ""
+  size = sum(f.stat().st_size for f in steps[-1].rglob("*") if f.is_file())
+  return f"; a checkpoint takes {max(1, size // 2**20)} MiB"
 
 
 def _dispatch(config: config_lib.Config, workdir: Path, name: str, argv, args) -> None:

@@ -71,6 +71,10 @@ def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int
     return Dataset(name, train, None, test, num_classes)
   from sklearn.model_selection import train_test_split
   count = int(val_size) if val_size >= 1 else val_size
+  if count >= len(train) or (val_size < 1 and round(val_size * len(train)) < 1):
+    raise DataError(f"val_size {val_size:g} leaves no {'training' if count >= len(train) else 'validation'} "
+                    f"examples: {name} has {len(train)} training examples; use a count below that "
+                    "or a fraction in (0, 1)")
   train_idx, val_idx = train_test_split(np.arange(len(train)), test_size=count,
                                         stratify=train.labels, random_state=split_seed)
   take = lambda idx: Split(train.images[np.sort(idx)], train.labels[np.sort(idx)])

@@ -70,7 +70,12 @@ def describe(run_dir: Path, step: int | None) -> str:
     try:
       epoch = checkpoint.read_meta(run_dir, s).get("epoch")
     except checkpoint.CheckpointError as err:
-      out.append(f"{s:>10}  unreadable: {err}")
+      if not (checkpoint.checkpoint_dir(run_dir) / str(s)).exists():
+        out.append(f"{s:>10}  removed by the training run while this was read (rotated away)")
+      elif s not in checkpoint.steps(run_dir):
+        out.append(f"{s:>10}  being written by the training run")
+      else:
+        out.append(f"{s:>10}  unreadable: {err}")
       continue
     m = by_epoch.get(epoch, {}) if s == by_epoch.get(epoch, {}).get("step") else {}
     tags = ("best " if s == best else "") + ("latest" if s == saved[-1] else "")

@@ -19,8 +19,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from smjax import checkpoint, study, tickets  # noqa: E402
-from smjax.summary import COLORS, REGIMES, summarize  # noqa: E402, F401  (re-exported)
+from smjax.summary import COLORS, REGIMES, best_line, summarize  # noqa: E402, F401  (re-exported)
 from smjax.workdir import RunError, replaced_atomically  # noqa: E402
+
+def _start(regimes: dict, regime: str) -> tuple[str, int]:
+  """(the run a regime continues from, the epoch of it that it starts at; 0: from scratch).
+  Fine-tunes start at the mask run's best epoch; weight_original at the weight run's best among
+  its first `start_epochs`."""
+  source = "weight" if regime == "weight_original" else "mask"
+  if not (regime.startswith("finetune") or regime == "weight_original") or source not in regimes:
+    return source, 0
+  entry = regimes[source]
+  if regime == "weight_original":
+    first = entry["curve"][:regimes[regime]["start_epochs"] or None]
+    return source, best_line(first, entry["best_on"])["epoch"]
+  return source, entry["best_epoch"]
+
 
 def plot_curves(summary: dict, path: Path) -> None:
   """Test accuracy per epoch; finetune continues from the mask run's best epoch."""
@@ -31,12 +45,11 @@ def plot_curves(summary: dict, path: Path) -> None:
       continue
     color = COLORS[regime]
     curve = regimes[regime]["curve"]
-    offset = regimes["mask"]["best_epoch"] if regime.startswith("finetune") and "mask" in regimes \
-        else 0
+    source, offset = _start(regimes, regime)
     epochs = [offset + m["epoch"] for m in curve]
     accuracy = [100 * m["test_accuracy"] for m in curve]
-    if offset:  # start the continuation at the mask checkpoint it starts from
-      start = regimes["mask"]["curve"][offset - 1]
+    if offset:  # start the continuation at the checkpoint it starts from
+      start = regimes[source]["curve"][offset - 1]
       epochs, accuracy = [offset] + epochs, [100 * start["test_accuracy"]] + accuracy
     ax.plot(epochs, accuracy, marker="o", ms=3, color=color,
             label=f"{regime} (best {100 * regimes[regime]['best_test_accuracy']:.2f}%)")

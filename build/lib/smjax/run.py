@@ -254,6 +254,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   checkpoints = checkpoint.checkpoint_dir(workdir)
   if distributed.is_writer():
     workdir_lib.claim(config, workdir, overwrite)
+    checkpoint.remove_temporaries(checkpoints)  # of saves a kill interrupted (we hold the lock)
     for damaged in checkpoint.damaged_metrics(checkpoints):
       moved = checkpoint.quarantine(checkpoints, damaged)
       print(f"warning: checkpoint {checkpoints / str(damaged)} is unreadable (its saved metrics); "
@@ -394,6 +395,11 @@ def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = Fal
   for workdir in finished:
     distributed.say(f"{workdir}: finished ({runs[workdir].epochs} epochs); nothing to do")
   runs = {w: c for w, c in runs.items() if w not in finished}
+  cores = len(os.sched_getaffinity(0))
+  if jobs > cores:
+    print(f"warning: --jobs {jobs} on {cores} CPU cores runs {cores} at a time (more would only "
+          "share the cores and run slower)", file=sys.stderr)
+    jobs = cores
   if jobs > 1 and len(runs) > 1 and (jax.process_count() > 1 or jax.default_backend() != "cpu"):
     raise RunError(f"--jobs > 1 shares one machine's CPU cores; on {jax.default_backend()} "
                    f"with {jax.process_count()} process(es), run one job")

@@ -247,8 +247,11 @@ def _band(ax, curves: list[list[float]], x_offset: int, color: str, label: str) 
 
 
 def _test_curves(summaries: dict, regime: str) -> list[list[float]]:
+  """The finished runs' per-epoch test accuracies (unfinished ones are left out, as from the
+  tables)."""
   return [[m["test_accuracy"] for m in s["regimes"][regime]["curve"]]
-          for s in summaries.values() if regime in s["regimes"]]
+          for s in summaries.values()
+          if regime in s["regimes"] and s["regimes"][regime]["finished"]]
 
 
 def plot_curves(summaries: dict, path: Path) -> None:

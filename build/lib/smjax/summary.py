@@ -37,6 +37,7 @@ def summarize(workdir: Path) -> dict:
                        "final_test_accuracy": lines[-1]["test_accuracy"],
                        "masked_fraction": best["masked_fraction"], "curve": lines,
                        "planned_epochs": config["epochs"],
+                       "start_epochs": config.get("start_epochs", 0),
                        "finished": len(lines) >= config["epochs"],
                        "equal_compute_from": (config["epochs"] - config["finetune_epochs"]
                                               if regime == "weight" and config.get("equal_compute")

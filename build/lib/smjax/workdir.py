@@ -67,15 +67,44 @@ def locked(workdir: str | os.PathLike):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+  """Writes `path` whole or not at all (a full disk leaves the previous file and no temporary)."""
+  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+  """Removes `path`'s siblings left by an interrupted `replaced_atomically` of a process that
+  is gone (NAME.tmp-PID, NAME.old-PID)."""
+  for sibling in path.parent.glob(f"{path.name}.*-*") if path.parent.is_dir() else ():
+    kind, _, pid = sibling.name[len(path.name) + 1:].partition("-")
+    if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+      shutil.rmtree(sibling, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def replaced_atomically(path: Path):
   """Yields a fresh temporary directory that replaces `path` only once the block completes:
   an interrupt leaves the previous `path` (or none) and no half-written one."""
+  remove_stale_temporaries(path)
   tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
@@ -226,9 +255,7 @@ def sync_metrics(workdir: Path, epoch: int, last_line: dict | None) -> None:
   path = workdir / "metrics.jsonl"
   if lines != current or (path.exists() and not path.read_text().endswith("\n")
                           and path.stat().st_size):
-    tmp = workdir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(json.dumps(m) + "\n" for m in lines))
 
 
 def append_metrics(workdir: Path, line: dict) -> None:
