@@ -128,8 +128,9 @@ def test_two_jobs_equal_one_for_adam_weights_and_bernoulli_masks_on_mnist(tmp_pa
   data_dir = ROOT.parent / "shared" / "data"
   if not (data_dir / "mnist").is_dir():
     pytest.skip("needs the MNIST files in ../shared/data")
-  sets = [f"data_dir={data_dir}", "epochs=2", "finetune_epochs=1", "sampled_mask_evals=2"]
-  args = [a for s in sets for a in ("--set", s)] + ["--seeds", "0", "1"]
+  sets = [f"data_dir={data_dir}", "epochs=1", "finetune_epochs=1", "sampled_mask_evals=2",
+          "original_finetune=false"]
+  args = [a for s in sets for a in ("--set", s)] + ["--seeds", "1"]  # 3 runs on 2 workers
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   for jobs in ("2", "1"):
     subprocess.run([sys.executable, "-m", "experiments.zhou", "--workdir", str(tmp_path / jobs),
@@ -137,8 +138,8 @@ def test_two_jobs_equal_one_for_adam_weights_and_bernoulli_masks_on_mnist(tmp_pa
                    env={**env, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / f"cache{jobs}")})
   assert zhou.get_config().optimizer == "adam" and zhou.get_config().estimator == "bernoulli"
   timing = ("seconds", "images_per_second")
-  for seed in (0, 1):
-    for regime in ("mask", "weight", "finetune", "finetune_original"):
+  for seed in (1,):
+    for regime in ("mask", "weight", "finetune"):
       one, two = (tmp_path / jobs / f"seed{seed}" / regime for jobs in ("1", "2"))
       assert ([{k: v for k, v in m.items() if k not in timing} for m in read_metrics(one)] ==
               [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(two)]), regime
