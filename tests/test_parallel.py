@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -66,9 +67,7 @@ def test_two_jobs_train_the_same_runs_as_one(tmp_path):
       assert ([{k: v for k, v in m.items() if k not in timing} for m in read_metrics(one)] ==
               [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(two)])
       a, b = (checkpoint.restore(d, which="latest") for d in (one, two))
-      for x, y in zip(jax.tree.leaves([a["state"], a["masks"]]),
-                      jax.tree.leaves([b["state"], b["masks"]]), strict=True):
-        assert np.array_equal(x, y)
+      chex.assert_trees_all_equal([a["state"], a["masks"]], [b["state"], b["masks"]])
   assert (tmp_path / "two" / "report" / "study.json").exists()
 
 

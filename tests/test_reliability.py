@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -44,9 +45,7 @@ def assert_same_run(a, b):
       [{k: v for k, v in m.items() if k not in TIMING} for m in mb]
   ca, cb = checkpoint.restore(a, which="latest"), checkpoint.restore(b, which="latest")
   assert ca["step"] == cb["step"]
-  for x, y in zip(jax.tree.leaves((ca["state"], ca["masks"])),
-                  jax.tree.leaves((cb["state"], cb["masks"])), strict=True):
-    assert np.array_equal(x, y)
+  chex.assert_trees_all_equal((ca["state"], ca["masks"]), (cb["state"], cb["masks"]))
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +141,8 @@ def test_damage_to_any_checkpoint_file_is_found_or_harmless(reference, tmp_path,
         unreadable = True
       else:
         unreadable = False
-        for x, y in zip(jax.tree.leaves((original["state"], original["masks"])),
-                        jax.tree.leaves((restored["state"], restored["masks"])), strict=True):
-          assert np.array_equal(x, y), rel
+        chex.assert_trees_all_equal((original["state"], original["masks"]),
+                                    (restored["state"], restored["masks"]), custom_message=str(rel))
       try:
         checkpoint.restore(work, which="best")
       except checkpoint.CheckpointError:

@@ -3,6 +3,7 @@
 import json
 import struct
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -57,11 +58,8 @@ def test_finetune_keeps_the_best_mask_and_modes_share_the_init(all_run):
   for path in sorted((all_run / "finetune" / "checkpoints").iterdir()):
     if path.name.isdigit():
       ft = checkpoint.restore(path)
-      for a, b in zip(jax.tree.leaves(ft["masks"]), jax.tree.leaves(best["masks"]), strict=True):
-        np.testing.assert_array_equal(a, b)
-      for a, b in zip(jax.tree.leaves(ft["state"]["masks"]), jax.tree.leaves(best["masks"]),
-                      strict=True):
-        np.testing.assert_array_equal(a != 0, b)
+      chex.assert_trees_all_equal(ft["masks"], best["masks"])
+      chex.assert_trees_all_equal(jax.tree.map(lambda m: m != 0, ft["state"]["masks"]), best["masks"])
   # Mask-mode params are frozen, so the mask checkpoint holds the shared initialization.
   dataset = data.load("digits", val_size=100)
   model = models.get("lenet300-100", 10)
@@ -106,8 +104,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   a = checkpoint.restore(tmp_path / "whole", which="latest")
   b = checkpoint.restore(tmp_path / "stopped", which="latest")
   assert a["step"] == b["step"] == 3 * (len(data.load("digits", val_size=100).train) // 64)
-  for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
-    assert np.array_equal(x, y)
+  chex.assert_trees_all_equal(a["state"], b["state"])
 
 
 @pytest.mark.parametrize("args,message", [

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -82,8 +83,7 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
     best = checkpoint.restore(tmp_path / f"seed{seed}" / "mask", which="best")["masks"]
     for regime in ("finetune", "finetune_original"):
       frozen = checkpoint.restore(tmp_path / f"seed{seed}" / regime, which="latest")["state"]["masks"]
-      for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(frozen), strict=True):
-        assert np.array_equal(a, np.asarray(b) != 0)
+      chex.assert_trees_all_equal(best, jax.tree.map(lambda m: np.asarray(m) != 0, frozen))
   original = json.loads((tmp_path / "seed0" / "finetune_original" / "config.json").read_text())
   assert (original["optimizer"], original["lr"]) == ("adam", 1e-5)
   # each seed is its own initialization

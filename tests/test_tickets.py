@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -90,8 +91,7 @@ def test_ticket_rounds_end_to_end_rewind_controls_resume_and_report(study, capsy
                                    (f"round{r}_reinit", tickets.REINIT_SEED_OFFSET, expected),
                                    (f"round{r}_random", 0, random)):
       last = checkpoint.restore(seed / name, which="latest")
-      for a, b in zip(jax.tree.leaves(last["masks"]), jax.tree.leaves(masks), strict=True):
-        np.testing.assert_array_equal(a, b)
+      chex.assert_trees_all_equal(last["masks"], jax.tree.map(np.asarray, masks))
       # pruned weights never train: they still hold the init the round was rewound to
       for layer in ("dense1", "dense2", "head"):
         pruned = last["masks"][layer]["kernel"] == 0
@@ -101,8 +101,7 @@ def test_ticket_rounds_end_to_end_rewind_controls_resume_and_report(study, capsy
   config = cli.build_config(digits.get_config, SETS)
   dataset = data.load("digits", val_size=100)
   start = run.initial_state(tickets.round_configs(config, seed)["round2"], model, dataset, steps=10)
-  for a, b in zip(jax.tree.leaves(start.trainable["params"]), jax.tree.leaves(init(0)), strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(start.trainable["params"], init(0))
   assert checkpoint.restore(seed / "round2")["masks"]["dense1"]["kernel"].mean() == pytest.approx(0.64, abs=1e-4)
   summary = (tmp_path / "report" / "summary.md").read_text()
   assert "| 2 | 64.34 | " in summary  # (0.64 * 49,200 + 0.81 * 1,000) / 50,200
@@ -160,8 +159,7 @@ def test_late_rewinding_starts_every_round_from_round0_after_epoch_k(tmp_path):
   configs = tickets.round_configs(config, seed)
   for name in ("round1", "round1_random"):
     start = run.initial_state(configs[name], model, dataset, steps=10).trainable["params"]
-    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(rewound), strict=True):
-      np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(start, rewound)
   reinit = run.initial_state(configs["round1"].replace(reinit_seed=tickets.REINIT_SEED_OFFSET),
                              model, dataset, steps=10).trainable["params"]
   assert not np.array_equal(reinit["dense1"]["kernel"], rewound["dense1"]["kernel"])
@@ -191,6 +189,4 @@ def test_kill_during_round_2_resumes_to_the_uninterrupted_result(study, tmp_path
         [{k: v for k, v in m.items() if k not in timing} for m in b]
     ca = checkpoint.restore(study / "seed0" / name, which="latest")
     cb = checkpoint.restore(tmp_path / "seed0" / name, which="latest")
-    for x, y in zip(jax.tree.leaves((ca["state"], ca["masks"])),
-                    jax.tree.leaves((cb["state"], cb["masks"])), strict=True):
-      np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal((ca["state"], ca["masks"]), (cb["state"], cb["masks"]))
