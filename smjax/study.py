@@ -100,9 +100,8 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict:
   """{seed: {regime: run_numbers}} -> per regime the mean/std of every number; per regime other
   than weight its paired difference to weight in test accuracy at the best epoch; the contrasts
   C1-C5 on both endpoints with their t-intervals and equivalence tests; the verdict of the
-  decision rule; how many weight epochs a supermask start is worth. Pairs are over the seeds
-  that have both runs."""
-  order = [r for r in REGIMES[:2] + (WEIGHT_EQUAL_EPOCHS,) + REGIMES[2:]]
+  decision rule. Pairs are over the seeds that have both runs."""
+  order = REGIMES[:2] + (WEIGHT_EQUAL_EPOCHS,) + REGIMES[2:]
   regimes = [r for r in order if any(r in runs for runs in per_seed.values())]
   out = {"seeds": list(per_seed), "regimes": {}, "paired_vs_weight": {}, "contrasts": {}}
   for regime in regimes:
