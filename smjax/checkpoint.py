@@ -11,9 +11,8 @@ Every checkpoint holds three items:
 
 from __future__ import annotations
 
-import errno
-
 import dataclasses
+import errno
 import json
 import logging
 import os

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from smjax import checkpoint, config as config_lib, data, distributed, run, runtime
+from smjax import workdir as workdir_lib
 
 
 COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr", "finetune_epochs",
@@ -180,8 +181,7 @@ def _main(get_config, name: str, argv, args) -> int:
 
 
 def _free_mib(path: Path) -> int:
-  existing = next((p for p in (path, *path.absolute().parents) if p.exists()), Path("/"))
-  return shutil.disk_usage(existing).free // 2**20
+  return shutil.disk_usage(workdir_lib.nearest_existing(path)).free // 2**20
 
 
 def _checkpoint_mib(path: Path) -> str:

@@ -25,9 +25,10 @@ from pathlib import Path
 from flax import traverse_util
 
 from smjax import checkpoint
+from smjax.config import Config, best_metric
 from smjax.pruning import (RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET,  # noqa: F401
                            magnitude_masks, random_masks)
-from smjax.config import Config, best_metric
+from smjax.statistics import mean_std
 from smjax.workdir import (RunError, read_config, read_metrics, replaced_atomically, wall_clock,
                            wall_clock_text, write_json_atomic)
 
@@ -171,7 +172,7 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
   if not rows:
     raise FileNotFoundError(f"{workdir} holds no finished ticket rounds (seed<N>/round<R>/)")
   numbers = ("kept", "best_test_accuracy", "final_test_accuracy", "epochs_to_99")
-  table = {name: {k: study.mean_std([r[k] for r in by_seed.values()]) for k in numbers}
+  table = {name: {k: mean_std([r[k] for r in by_seed.values()]) for k in numbers}
            for name, by_seed in rows.items()}
   command = workdir / "command.txt"
   firsts = sorted(workdir.glob("seed*/round1/config.json"))

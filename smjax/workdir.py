@@ -134,11 +134,16 @@ def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
                      "use another --workdir or --overwrite")
 
 
+def nearest_existing(path: Path) -> Path:
+  """`path` if it exists, else its nearest existing parent."""
+  return next(p for p in (path, *path.absolute().parents) if p.exists())
+
+
 def _refuse_a_file(workdir: Path) -> Path:
   """RunError if `workdir` or a folder above it is a file; else its nearest existing folder."""
   if workdir.exists() and not workdir.is_dir():
     raise RunError(f"workdir {workdir} is a file, not a directory; use another --workdir")
-  existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
+  existing = nearest_existing(workdir)
   if not existing.is_dir():
     raise RunError(f"cannot create workdir {workdir}: {existing} is a file; use another --workdir")
   return existing
@@ -169,15 +174,14 @@ def trained(workdir: Path) -> bool:
 PATH_FIELDS = ("mask_run", "prune_from", "rewind_from")  # other run directories
 
 
-def on_disk(values: dict, workdir: Path, base: Path | None = None) -> dict:
-  """A config as config.json holds it: the run directories it names relative to the run's own
-  (`workdir`), so a study moved or reached through another path is still the same run. `base`
-  is what the names are relative to now (None: the current directory)."""
+def on_disk(values: dict, workdir: Path) -> dict:
+  """A config as config.json holds it: the run directories it names (relative to the current
+  directory) made relative to the run's own (`workdir`), so a study moved or reached through
+  another path is still the same run."""
   out = dict(values, relative_paths=True)
   for key in PATH_FIELDS:
     if values.get(key):
-      target = Path(values[key]) if base is None else base / values[key]
-      out[key] = os.path.relpath(os.path.abspath(target), os.path.abspath(workdir))
+      out[key] = os.path.relpath(os.path.abspath(values[key]), os.path.abspath(workdir))
   return out
 
 
