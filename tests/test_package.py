@@ -1,6 +1,7 @@
 """The package installs with its metadata and works from outside the repository."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -22,9 +23,11 @@ def test_the_package_dependencies_are_the_requirements():
 
 @pytest.mark.slow
 def test_an_installed_package_runs_the_readme_snippet_outside_the_repository(tmp_path):
-  target = tmp_path / "site"
+  target, source = tmp_path / "site", tmp_path / "source"  # pip builds in the source tree
+  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+      ".git", ".venv", "runs", "build", "*.egg-info", "docs", "__pycache__"))
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                  "--target", str(target), str(ROOT)], check=True, capture_output=True)
+                  "--target", str(target), str(source)], check=True, capture_output=True)
   assert (target / "smjax" / "models" / "wide_resnet.py").exists()
   assert (target / "bin" / "smjax-report").exists() and (target / "bin" / "smjax-inspect").exists()
   snippet = re.findall(r"```python\n(.*?)```", README, re.S)[0]
