@@ -5,9 +5,10 @@
 
 import importlib
 
-SUBMODULES = ("augment", "checkpoint", "cli", "config", "data", "dataset_files", "inspect",
-              "masking", "models", "optim", "parallel", "report", "run", "runtime", "stopping",
-              "study", "train", "workdir")
+SUBMODULES = ("augment", "checkpoint", "cli", "config", "data", "dataset_files", "distributed",
+              "inspect", "masking", "models", "optim", "parallel", "provenance", "pruning",
+              "report", "run", "runtime", "statistics", "stopping", "study", "summary", "tickets",
+              "train", "workdir")
 
 
 def __getattr__(name: str):

@@ -212,4 +212,4 @@ def _dispatch(config: config_lib.Config, workdir: Path, name: str, argv, args) -
     # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
     explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
     single = single.replace(**{k: getattr(config, k) for k in explicit})
-    run.train(single, workdir, overwrite=args.overwrite)
+    run.train(single, workdir, overwrite=args.overwrite, name=args.regime)

@@ -49,6 +49,9 @@ class Config:
   score_init: str = "constant"
   score_init_value: float = 1.0
   mask_biases: bool = False
+  mask_layers: str = "all"            # which kernels get a mask: all | conv | dense | hidden (all
+                                      # but the first and last layer) | a rule you register
+                                      # (smjax.masking.register_mask_rule)
   dynamic_rescale: bool = False       # Zhou et al.'s DWR: a layer's kept weights scaled by its
                                       # size over its kept count (mask and finetune modes)
   weight_init: str = "default"
@@ -115,13 +118,11 @@ class Config:
     return dataclasses.asdict(self)
 
   def model_kwargs(self) -> dict[str, Any]:
-    """Keyword arguments of `smjax.models.get` for this config."""
+    """The options of `smjax.models.get` (each model takes those it names)."""
     from smjax.models import winograd  # local: config stays importable alone
-    kwargs = {"dtype": jnp.dtype(self.dtype),
-              "conv": winograd.conv_function(self.conv_algorithm, self.dtype)}
-    if self.model.startswith("wrn"):
-      kwargs.update(dropout_rate=self.dropout_rate, downsampling=self.downsampling)
-    return kwargs
+    return {"dtype": jnp.dtype(self.dtype),
+            "conv": winograd.conv_function(self.conv_algorithm, self.dtype),
+            "dropout_rate": self.dropout_rate, "downsampling": self.downsampling}
 
   def identity(self) -> dict[str, Any]:
     """The fields that decide what this run computes: a run directory holds one identity.
@@ -187,8 +188,9 @@ def validate(config: Config) -> None:
       raise ValueError(f"unknown {key} {getattr(config, key)!r}; known: {', '.join(allowed)}")
 
   choice("mode", MODES)
-  choice("dataset", data.DATASETS)
+  choice("dataset", data.names())
   choice("estimator", masking.ESTIMATORS)
+  choice("mask_layers", tuple(masking.MASK_RULES))
   choice("score_init", masking.SCORE_INITS)
   choice("optimizer", OPTIMIZERS)
   choice("score_optimizer", OPTIMIZERS)

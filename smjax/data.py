@@ -1,6 +1,6 @@
-"""Datasets held in memory as uint8 arrays, and batching by index gather.
+"""Datasets held in memory (uint8 images, or float arrays), and batching by index gather.
 
-`mnist` and `cifar10` come from their original distribution files in `data_dir`
+Datasets are registered by name (`register`; its docstring has the contract). `mnist` and `cifar10` come from their original distribution files in `data_dir`
 (or `$SMJAX_DATA_DIR`; see `dataset_files`), else from a prepared
 tensorflow-datasets directory (`data_dir` or `$TFDS_DATA_DIR`); `digits` is
 scikit-learn's `load_digits` (1,797 real 8x8 handwritten digits, shipped inside
@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from smjax import dataset_files
 
-DATASETS = ("digits", "mnist", "cifar10")
-# Per-channel mean and std of the [0, 1]-scaled training images.
-NORMALIZATION = {
-    "digits": ((0.3053,), (0.3760,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-DEFAULT_VAL_SIZE = {"digits": 0.1, "mnist": 5000, "cifar10": 5000}
 DIGITS_TEST_SIZE = 360
 
 
@@ -55,6 +47,87 @@ class Dataset:
     return tuple(self.train.images.shape[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """How a dataset name loads, and how its pixels become the network's input:
+  `(images / scale - mean) / std`, per channel."""
+  load: Callable[[str], tuple]  # data_dir -> (train_images, train_labels, test_images, test_labels)
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  val_size: float = 0.1  # the default validation hold-out (a count >= 1 or a fraction)
+  scale: float = 255.0
+  num_classes: int | None = None  # None: the largest label + 1
+
+
+def _files_or_tfds(name: str) -> Callable[[str], tuple]:
+  return lambda data_dir: _arrays(*_load_files_or_tfds(name, data_dir))
+
+
+_SOURCES: dict[str, Source] = {
+    "digits": Source(lambda data_dir: _arrays(*_load_digits()), (0.3053,), (0.3760,), 0.1,
+                     num_classes=10),
+    "mnist": Source(_files_or_tfds("mnist"), (0.1307,), (0.3081,), 5000, num_classes=10),
+    "cifar10": Source(_files_or_tfds("cifar10"), (0.4914, 0.4822, 0.4465),
+                      (0.2470, 0.2435, 0.2616), 5000, num_classes=10),
+}
+BUILT_IN = tuple(_SOURCES)
+
+
+def _arrays(train: Split, test: Split) -> tuple:
+  return train.images, train.labels, test.images, test.labels
+
+
+def register(name: str, load: Callable[[str], tuple], *, mean=(0.0,), std=(1.0,),
+             scale: float = 255.0, val_size: float = 0.1, num_classes: int | None = None) -> None:
+  """Makes `name` a dataset of every command (`--set dataset=NAME`).
+
+  `load(data_dir)` returns (train_images, train_labels, test_images, test_labels) as arrays:
+  images [n, height, width, channels] (or [n, height, width]: one channel), uint8 or float;
+  labels integers in [0, num_classes). The network sees `(images / scale - mean) / std` per
+  channel (mean and std: one value or one per channel; uint8 pixels: scale 255 and the
+  training images' mean and std in [0, 1]; float features already standardised: scale 1, mean
+  0, std 1). `val_size` is held out of the training arrays, stratified, the same for every
+  seed (`--set val_size=` overrides it). Register at the top level of your experiment module,
+  so that worker processes (`--jobs`) register it too; a built-in name may not be replaced."""
+  if name in BUILT_IN:
+    raise ValueError(f"{name!r} is a built-in dataset; register yours under another name")
+  if not callable(load):
+    raise TypeError(f"the loader of dataset {name!r} must be callable, got {load!r}")
+  _SOURCES[name] = Source(load, tuple(np.atleast_1d(mean).tolist()),
+                          tuple(np.atleast_1d(std).tolist()), val_size, float(scale), num_classes)
+
+
+def names() -> tuple[str, ...]:
+  """The dataset names `load` takes."""
+  return tuple(_SOURCES)
+
+
+def source(name: str) -> Source:
+  """The registered `Source` of `name`; ValueError naming the known ones if none."""
+  if name not in _SOURCES:
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_SOURCES)} (register your own "
+                     "with smjax.data.register at the top level of your experiment module)")
+  return _SOURCES[name]
+
+
+def _split(name: str, which: str, images, labels, num_classes: int | None) -> Split:
+  """A loader's arrays as a Split, or one DataError line saying what is wrong."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or not len(labels):
+    raise DataError(f"dataset {name!r}: the {which} split must be images [n, height, width"
+                    f"(, channels)] and labels [n] with n > 0; got {images.shape} and {labels.shape}")
+  if images.dtype != np.uint8:
+    images = images.astype(np.float32)
+  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or (
+      num_classes is not None and labels.max() >= num_classes):
+    raise DataError(f"dataset {name!r}: {which} labels must be integers in [0, "
+                    f"{num_classes if num_classes is not None else 'num_classes'}); got "
+                    f"{labels.dtype} in [{labels.min()}, {labels.max()}]")
+  return Split(images, labels.astype(np.int32))
+
+
 def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int = 0) -> Dataset:
   """Loads a dataset and holds out a stratified validation split from its training data.
 
@@ -62,11 +135,21 @@ def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int
   >= 1 a count; in (0, 1) a fraction; 0 no validation split. The split depends
   only on `split_seed`, so runs with different seeds share it.
   """
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-  train, test = _load_digits() if name == "digits" else _load_files_or_tfds(name, data_dir)
-  num_classes = 10
-  val_size = DEFAULT_VAL_SIZE[name] if val_size == -1 else val_size
+  src = source(name)
+  arrays = src.load(data_dir)
+  if not (isinstance(arrays, (tuple, list)) and len(arrays) == 4):
+    raise DataError(f"dataset {name!r}: its loader must return (train_images, train_labels, "
+                    f"test_images, test_labels); got {type(arrays).__name__}")
+  train = _split(name, "train", *arrays[:2], src.num_classes)
+  test = _split(name, "test", *arrays[2:], src.num_classes)
+  if train.images.shape[1:] != test.images.shape[1:]:
+    raise DataError(f"dataset {name!r}: train images are {train.images.shape[1:]}, test images "
+                    f"{test.images.shape[1:]}")
+  num_classes = src.num_classes or int(max(train.labels.max(), test.labels.max())) + 1
+  channels = train.images.shape[-1]
+  if len(src.mean) not in (1, channels) or len(src.std) not in (1, channels):
+    raise DataError(f"dataset {name!r}: mean and std need one value or {channels} (one per channel)")
+  val_size = src.val_size if val_size == -1 else val_size
   if not val_size:
     return Dataset(name, train, None, test, num_classes)
   from sklearn.model_selection import train_test_split
@@ -79,6 +162,12 @@ def load(name: str, *, data_dir: str = "", val_size: float = -1, split_seed: int
                                         stratify=train.labels, random_state=split_seed)
   take = lambda idx: Split(train.images[np.sort(idx)], train.labels[np.sort(idx)])
   return Dataset(name, take(train_idx), take(val_idx), test, num_classes)
+
+
+def input_scaling(name: str) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+  """(scale, mean, std): the network's input is `(images / scale - mean) / std`."""
+  src = source(name)
+  return src.scale, src.mean, src.std
 
 
 def _load_digits() -> tuple[Split, Split]:

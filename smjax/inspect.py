@@ -5,15 +5,22 @@
     python -m smjax.inspect WORKDIR --history        # % masked per layer at every checkpoint
     python -m smjax.inspect WORKDIR --compare OTHER  # Jaccard / Hamming / chance, per layer
     python -m smjax.inspect WORKDIR --export masks.npz [--scores]
-    python -m smjax.inspect WORKDIR --export-model net.msgpack   # pruned variables for model.apply
+    python -m smjax.inspect WORKDIR --export-model [FILE]         # the pruned network
 
 WORKDIR is a single-mode run directory or a `--regime all` directory (whose mask/ run is then
 the one inspected). Errors end with one line and exit code 2.
+
+--export-model writes FILE (default RUN/export/model.msgpack): the effective variables for
+flax's `model.apply`; FILE.stablehlo: the inference function (images as the dataset gives them
+-> logits), which `jax.export.deserialize(open(F, "rb").read()).call(images)` runs with jax
+alone; FILE.json: model, input layout, dtype and scaling, test accuracy, per-layer density. A
+model or dataset of your own is found with `--import MODULE` (the module that registers it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +29,7 @@ import absl.logging
 import jax
 import numpy as np
 
-from smjax import checkpoint, masking
+from smjax import checkpoint, masking, provenance
 from smjax.config import best_metric
 from smjax.workdir import RunError, read_config, read_metrics
 
@@ -60,7 +67,8 @@ def describe(run_dir: Path, step: int | None) -> str:
                               best_metric(config.get("protocol", "")))
   out = [f"run {run_dir}: mode {config['mode']}, model {config['model']}, dataset "
          f"{config['dataset']}, estimator {config['estimator']}, seed {config['seed']}, "
-         f"protocol {config['protocol']}, {len(by_epoch)}/{config['epochs']} epochs", "",
+         f"protocol {config['protocol']}, {len(by_epoch)}/{config['epochs']} epochs",
+         *provenance_lines(provenance.read(run_dir)), "",
          "checkpoint  epoch   val acc  test acc    masked"]
   damaged = checkpoint.damaged_metrics(checkpoint.checkpoint_dir(run_dir))
   for s in sorted(saved + damaged):
@@ -92,6 +100,19 @@ def describe(run_dir: Path, step: int | None) -> str:
   return "\n".join(out)
 
 
+def provenance_lines(sessions: list[dict]) -> list[str]:
+  """One line per training session: when, on what, and what differs from the first."""
+  if not sessions:
+    return ["provenance: not recorded (a run started before provenance.json was kept)"]
+  out = []
+  for i, session in enumerate(sessions):
+    differs = session.get("differs_from_start")
+    note = f"; differs from the start in {', '.join(differs)}" if differs else ""
+    out.append(f"{'started' if i == 0 else 'resumed'} {session['date']}: "
+               f"{provenance.setting(session)}{note}")
+  return out
+
+
 def export(run_dir: Path, step: int | None, path: Path, scores: bool) -> int:
   """Writes the binary masks (and scores) as flat `name -> array` entries; returns the count."""
   restored = checkpoint.restore(run_dir, step=step)
@@ -104,15 +125,17 @@ def export(run_dir: Path, step: int | None, path: Path, scores: bool) -> int:
 
 
 def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
-  """Writes the effective variables of a checkpoint (every kernel times its binary mask, biases,
-  BN parameters and statistics) as a flax msgpack file that `model.apply` takes as is, and
-  PATH.json with the model, the input normalization and the per-layer density."""
+  """Writes a checkpoint's pruned network three ways: PATH, the effective variables (every
+  kernel times its binary mask, biases, BN parameters and statistics) as flax msgpack for
+  `model.apply`; PATH.stablehlo, its inference function serialized with `jax.export` (weights
+  and masks baked in, batch dimension symbolic), which runs with jax alone; PATH.json, the
+  model, the input it takes and the per-layer density."""
   from flax import serialization
-  from smjax import data
+  from smjax import config as config_lib, data, models
   restored = checkpoint.restore(run_dir, step=step)
-  state, config = restored["state"], read_config(run_dir)
+  state, stored = restored["state"], read_config(run_dir)
   variables = {"params": jax.tree.map(np.asarray, masking.apply_masks(
-      state["trainable"]["params"], restored["masks"], rescale=config.get("dynamic_rescale", False)))}
+      state["trainable"]["params"], restored["masks"], rescale=stored.get("dynamic_rescale", False)))}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   path.write_bytes(serialization.msgpack_serialize(variables))
@@ -121,20 +144,69 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
             for layer in masking.layer_stats(restored["masks"], restored["meta"].get("layers"))]
   kept = sum(layer["n_weights"] * layer["density"] for layer in layers)
   total = sum(layer["n_weights"] for layer in layers)
-  mean, std = data.NORMALIZATION[config["dataset"]]
-  info = {"workdir": str(run_dir), "step": restored["step"], "model": config["model"],
-          "dataset": config["dataset"], "input": "(uint8 / 255 - mean) / std, NHWC",
-          "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
+  given = restored["meta"].get("input") or _built_in_input(stored["dataset"])
+  config = config_lib.Config(**{k: v for k, v in stored.items()
+                                if k in config_lib.Config.__dataclass_fields__})
+  model = models.get(config.model, given["num_classes"], **config.model_kwargs())
+  exported = _export_inference(model, variables, given)
+  path.with_name(path.name + ".stablehlo").write_bytes(exported.serialize())
+  metrics = {m["step"]: m for m in read_metrics(run_dir)}.get(restored["step"], {})
+  info = {"workdir": str(run_dir), "step": restored["step"], "epoch": restored["meta"].get("epoch"),
+          "model": config.model, "dataset": config.dataset,
+          "test_accuracy": metrics.get("test_accuracy"),
+          "input": {"layout": "NHWC: [batch, height, width, channels]", "shape": given["shape"],
+                    "dtype": given["dtype"], "scale": given["scale"], "mean": given["mean"],
+                    "std": given["std"],
+                    "network_input": "(images / scale - mean) / std, per channel; the .stablehlo "
+                                     "function takes the images as they are and does this itself"},
+          "output": f"logits [batch, {given['num_classes']}]",
+          "stablehlo": {"file": path.name + ".stablehlo", "platforms": list(exported.platforms),
+                        "run": "jax.export.deserialize(open(FILE, 'rb').read()).call(images)"},
           "density": kept / total if total else 1.0, "layers": layers}
   path.with_name(path.name + ".json").write_text(json.dumps(info, indent=1) + "\n")
   return info
 
 
+def _built_in_input(dataset: str) -> dict:
+  """What a run written before checkpoints recorded their input took: a built-in dataset's."""
+  from smjax import data
+  scale, mean, std = data.input_scaling(dataset)
+  shapes = {"digits": [8, 8, 1], "mnist": [28, 28, 1], "cifar10": [32, 32, 3]}
+  return {"shape": shapes[dataset], "dtype": "uint8", "scale": scale, "mean": list(mean),
+          "std": list(std), "num_classes": data.source(dataset).num_classes}
+
+
+DEFAULT_EXPORT = Path("export/model.msgpack")  # inside the run directory
+EXPORT_PLATFORMS = ("cpu", "cuda", "tpu")  # the exported function runs on any of them
+
+
+def _export_inference(model, variables: dict, given: dict):
+  """`jax.export` of images -> logits with `variables` as constants, for any batch size."""
+  import jax.numpy as jnp
+  constants = jax.tree.map(jnp.asarray, variables)
+  mean, std = (jnp.asarray(given[k], jnp.float32) for k in ("mean", "std"))
+
+  def infer(images):
+    x = (images.astype(jnp.float32) / given["scale"] - mean) / std
+    return model.apply(constants, x, train=False)
+
+  batch, = jax.export.symbolic_shape("batch")
+  spec = jax.ShapeDtypeStruct((batch, *given["shape"]), jnp.dtype(given["dtype"]))
+  try:
+    return jax.export.export(jax.jit(infer), platforms=EXPORT_PLATFORMS)(spec)
+  except (NotImplementedError, ValueError):  # an op without a lowering for some platform
+    return jax.export.export(jax.jit(infer))(spec)
+
+
 def compare(run_dir: Path, other: Path, step: int | None) -> dict:
   a, b = checkpoint.restore(run_dir, step=step), checkpoint.restore(other)
   result = masking.compare_masks(a["masks"], b["masks"], a["meta"].get("layers"))
+  first = [(provenance.read(d) or [None])[0] for d in (run_dir, other)]
+  same = None if None in first else not provenance.differences(*first)
   return {"a": {"workdir": str(run_dir), "step": a["step"]},
-          "b": {"workdir": str(other), "step": b["step"]}, **result}
+          "b": {"workdir": str(other), "step": b["step"]}, **result,
+          "provenance": {"same": same,
+                         "differences": [] if None in first else provenance.differences(*first)}}
 
 
 def _compare_text(result: dict) -> str:
@@ -144,6 +216,10 @@ def _compare_text(result: dict) -> str:
   for row in result["layers"] + [{"name": "total", **result["total"]}]:
     out.append(f"{row['name']:40s} {row['jaccard']:8.4f} {row['chance_jaccard']:8.4f} "
                f"{row['hamming']:10,d} {row['agreement']:8.4f} {row['chance_agreement']:8.4f}")
+  same, differences = result["provenance"]["same"], result["provenance"]["differences"]
+  out.append("provenance: " + ("not recorded for both runs" if same is None else
+                               "the same code, software and machine" if same else
+                               f"differs in {', '.join(differences)}"))
   return "\n".join(out)
 
 
@@ -165,18 +241,26 @@ def main(argv=None) -> int:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--export", type=Path, metavar="FILE.npz", help="write the masks")
   parser.add_argument("--scores", action="store_true", help="with --export: the scores too")
-  parser.add_argument("--export-model", type=Path, metavar="FILE",
-                      help="write the pruned network's variables (flax msgpack) and FILE.json")
+  parser.add_argument("--export-model", type=Path, metavar="FILE", nargs="?", const=DEFAULT_EXPORT,
+                      help="write the pruned network: FILE (flax msgpack), FILE.stablehlo "
+                      "(jax.export) and FILE.json (default FILE: RUN/export/model.msgpack)")
+  parser.add_argument("--import", dest="modules", action="append", default=[], metavar="MODULE",
+                      help="import MODULE first: the module that registers your model or dataset")
   parser.add_argument("--compare", metavar="OTHER_WORKDIR", help="overlap with another run's mask")
   parser.add_argument("--history", action="store_true", help="%% masked per layer per checkpoint")
   args = parser.parse_args(argv)
   absl.logging.set_verbosity(absl.logging.ERROR)  # orbax warns about read-only managers
   try:
+    for module in args.modules:
+      importlib.import_module(module)
     run_dir = resolve(args.workdir)
     if args.export_model:
+      if args.export_model == DEFAULT_EXPORT:
+        args.export_model = run_dir / DEFAULT_EXPORT
+        args.export_model.parent.mkdir(exist_ok=True)
       info = export_model(run_dir, args.step, args.export_model)
-      print(f"wrote {args.export_model} (checkpoint {info['step']}, {100 * info['density']:.2f}% "
-            f"of masked-layer weights kept) and {args.export_model}.json")
+      print(f"wrote {args.export_model}, {args.export_model}.stablehlo and {args.export_model}.json "
+            f"(checkpoint {info['step']}, {100 * info['density']:.2f}% of masked-layer weights kept)")
     elif args.export:
       count = export(run_dir, args.step, args.export, args.scores)
       print(f"wrote {count} arrays to {args.export}")
@@ -190,7 +274,7 @@ def main(argv=None) -> int:
       print(json.dumps(mask_table(run_dir, args.step)))
     else:
       print(describe(run_dir, args.step))
-  except (checkpoint.CheckpointError, RunError, ValueError, OSError) as err:
+  except (checkpoint.CheckpointError, RunError, ValueError, OSError, ImportError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -294,6 +294,41 @@ def make_mask_fn(estimator: str, *, threshold: float = 0.5,
 def is_kernel(path: Path, leaf: jax.Array) -> bool:
   """Default maskable predicate: every conv and dense `kernel`."""
   return path[-1] == "kernel" and leaf.ndim >= 2
+
+
+def _layer(path: Path) -> str:
+  return "/".join(path[:-1])
+
+
+# Which leaves get a mask (config `mask_layers`): rule(path, leaf, layers) -> bool, where
+# `layers` are the model's conv and dense layers in forward order (smjax.models.layer_order).
+MASK_RULES: dict[str, Callable[[Path, jax.Array, Sequence[str]], bool]] = {
+    "all": lambda path, leaf, layers: is_kernel(path, leaf),
+    "conv": lambda path, leaf, layers: is_kernel(path, leaf) and leaf.ndim == 4,
+    "dense": lambda path, leaf, layers: is_kernel(path, leaf) and leaf.ndim == 2,
+    "hidden": lambda path, leaf, layers: (is_kernel(path, leaf)
+                                          and _layer(path) not in (layers[0], layers[-1])),
+}
+BUILT_IN_RULES = tuple(MASK_RULES)
+
+
+def register_mask_rule(name: str, rule: Callable[[Path, jax.Array, Sequence[str]], bool]) -> None:
+  """Makes `name` a value of config `mask_layers`: `rule(path, leaf, layers)` says whether the
+  params leaf at `path` (a tuple of names, e.g. ('Dense_1', 'kernel')) gets a mask; `layers`
+  are the model's conv and dense layers in forward order ('Dense_0', ...). Register at the top
+  level of your experiment module; a built-in name may not be replaced."""
+  if name in BUILT_IN_RULES:
+    raise ValueError(f"{name!r} is a built-in mask rule; register yours under another name")
+  MASK_RULES[name] = rule
+
+
+def mask_predicate(rule: str, layers: Sequence[str]) -> Callable[[Path, jax.Array], bool]:
+  """The `maskable_paths` predicate of the rule named `rule` for a model with `layers`."""
+  if rule not in MASK_RULES:
+    raise ValueError(f"unknown mask_layers {rule!r}; known: {', '.join(MASK_RULES)} (register "
+                     "your own with smjax.masking.register_mask_rule)")
+  chosen = MASK_RULES[rule]
+  return lambda path, leaf: bool(chosen(path, leaf, layers))
 
 
 def maskable_paths(params: PyTree, *, include_bias: bool = False,

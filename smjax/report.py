@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smjax import checkpoint, study, tickets  # noqa: E402
+from smjax import checkpoint, provenance, study, tickets  # noqa: E402
 from smjax.summary import COLORS, REGIMES, best_line, summarize  # noqa: E402, F401  (re-exported)
 from smjax.workdir import RunError, replaced_atomically  # noqa: E402
 
@@ -98,13 +98,14 @@ def summary_markdown(summary: dict) -> str:
     total = sum(layer["n_weights"] for layer in summary["layers"])
     zeros = sum(layer["n_weights"] * layer["masked_fraction"] for layer in summary["layers"])
     out.append(f"| **total** | | {total:,} | {pct(zeros / total)} |")
-  return "\n".join(out) + "\n"
+  text = provenance.summary_text(summary["provenance"])
+  return "\n".join(out + (["", text] if text else [])) + "\n"
 
 
 def write_report(workdir: str | Path) -> Path:
   """WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; returns summary.md's path."""
   workdir = Path(workdir)
-  summary = summarize(workdir)
+  summary = {**summarize(workdir), "provenance": provenance.of_runs(workdir)}
   if not summary["regimes"]:
     raise FileNotFoundError(f"{workdir} holds no mask/, weight/ or finetune/ runs")
   with replaced_atomically(workdir / "report") as out:

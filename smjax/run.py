@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import (checkpoint, data, distributed, models, optim, pruning, summary, tickets,
-                   train as train_lib, workdir as workdir_lib)
+from smjax import (checkpoint, data, distributed, models, optim, provenance, pruning, summary,
+                   tickets, train as train_lib, workdir as workdir_lib)
 from smjax.config import FINETUNE_CONTROLS, Config, best_metric, validate
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
@@ -52,9 +52,7 @@ def finetune_start(config: Config) -> dict:
   if source.get("mode") not in ("mask", "weight"):
     raise RunError(f"{mask_run} is a {source.get('mode')!r} run; finetune starts from a mask run "
                    "(or a weight run, for the weight_original control)")
-  for key in ("model", "dataset", "downsampling", "mask_biases"):
-    if source.get(key) != getattr(config, key):
-      raise RunError(f"{mask_run} has {key}={source.get(key)!r}, this run {getattr(config, key)!r}")
+  workdir_lib.check_same_network(mask_run, config)
   best = checkpoint.restore(mask_run, step=_start_step(mask_run, config.start_epochs), which="best")
   masks = best["masks"]
   if config.random_mask_seed >= 0:
@@ -219,17 +217,18 @@ def _check_finite(history: list, epoch: int, first_step: int, last_good: int | N
 
 
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
-          dataset: data.Dataset | None = None, tag: str | None = None) -> list[dict]:
+          dataset: data.Dataset | None = None, tag: str | None = None,
+          name: str | None = None) -> list[dict]:
   """Trains one mode in `workdir` (resuming if it holds a checkpoint); returns the metrics lines.
 
   `tag` (e.g. seed3/mask) prefixes the epoch lines of runs trained side by side, and turns the
-  progress bar off. Holds the workdir's lock (process 0) while it runs: a second writer is
-  refused."""
+  progress bar off; `name` (e.g. finetune_random) prefixes them otherwise (default: the mode).
+  Holds the workdir's lock (process 0) while it runs: a second writer is refused."""
   validate(config)
   workdir = Path(workdir)
   workdir_lib.check(config, workdir, overwrite)  # refusals before any heavy setup
   with writer_lock(workdir):
-    return _train(config, workdir, overwrite, dataset, tag)
+    return _train(config, workdir, overwrite, dataset, tag, name or config.mode)
 
 
 def writer_lock(workdir: Path):
@@ -238,7 +237,7 @@ def writer_lock(workdir: Path):
 
 
 def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset | None,
-           tag: str | None) -> list[dict]:
+           tag: str | None, name: str) -> list[dict]:
   if not overwrite and workdir_lib.finished(config, workdir):
     distributed.say(f"{workdir}: finished ({config.epochs} epochs); nothing to do")
     return read_metrics(workdir)
@@ -251,9 +250,13 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
     raise RunError(f"batch_size {config.batch_size} exceeds the {len(dataset.train)} training examples")
   model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
   state = initial_state(config, model, dataset, steps)
+  distributed.say(header(config, workdir, dataset, state, tag or name))
   checkpoints = checkpoint.checkpoint_dir(workdir)
   if distributed.is_writer():
     workdir_lib.claim(config, workdir, overwrite)
+    changed = provenance.append(workdir, provenance.record())
+    if changed:
+      print(changed, file=sys.stderr, flush=True)
     checkpoint.remove_temporaries(checkpoints)  # of saves a kill interrupted (we hold the lock)
     for damaged in checkpoint.damaged_metrics(checkpoints):
       moved = checkpoint.quarantine(checkpoints, damaged)
@@ -274,7 +277,11 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   sample = config.mode == "mask" and config.sampled_mask_evals > 0
   eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
                                               train_lib.evaluation_masks(s, config)))
-  meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape)}
+  scale, mean, std = data.input_scaling(config.dataset)
+  meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape),
+          "input": {"shape": list(dataset.input_shape), "dtype": str(dataset.train.images.dtype),
+                    "scale": scale, "mean": list(mean), "std": list(std),
+                    "num_classes": dataset.num_classes}}
   step_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   pstate = train_lib.replicate(state)
   with stop_requests() as stop:
@@ -318,12 +325,24 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
       if distributed.is_writer():
         _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
         workdir_lib.append_metrics(workdir, line)
-        print(_format_line(line, tag or config.mode), flush=True)
+        print(_format_line(line, tag or name), flush=True)
       history = []
       if stop and epoch < config.epochs:
         raise Stopped(f"stopped after epoch {epoch}; rerun the same command to resume")
   manager.close()
   return read_metrics(workdir)
+
+
+def header(config: Config, workdir: Path, dataset: data.Dataset, state, tag: str) -> str:
+  """The line a run starts with: what trains, on what, where."""
+  params = sum(leaf.size for leaf in jax.tree.leaves(state.trainable["params"]))
+  sizes = " / ".join(f"{len(split):,} {which}" for which, split in
+                     (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)) if split)
+  devices = jax.devices()
+  return (f"[{tag}] {config.model} ({params:,} params) on {dataset.name} ({sizes}); "
+          f"{len(devices)} {devices[0].platform} device{'s' * (len(devices) > 1)}"
+          f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}; "
+          f"mode {config.mode}; {workdir}")
 
 
 def _format_line(line: dict, tag: str) -> str:
@@ -411,10 +430,9 @@ def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = Fal
       return
     dataset = None
     for workdir, cfg in runs.items():
-      distributed.say(str(workdir))
       if dataset is None:
         dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size)
-      train(cfg, workdir, overwrite=overwrite, dataset=dataset)
+      train(cfg, workdir, overwrite=overwrite, dataset=dataset, name=workdir.name)
   finally:
     if study is not None and runs and distributed.is_writer():
       workdir_lib.append_wall_clock(study, time.perf_counter() - start, jobs, len(runs))

@@ -44,6 +44,7 @@ MALLOC_SETTINGS = {  # env variable: (mallopt param, value)
     "MALLOC_ARENA_MAX": (-8, 1),  # every thread allocates from the main heap
 }
 ENV_OPT_OUT = "SMJAX_DEFAULT_RUNTIME"
+_applied: dict = {}  # what configure() set in this process
 
 
 def xla_flags(current: str, jaxlib_version: str | None = None) -> str:
@@ -93,5 +94,14 @@ def configure() -> dict:
   import jax
   os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))
   jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
-  return {"XLA_FLAGS": os.environ["XLA_FLAGS"], "malloc": steady_malloc(),
-          "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
+  _applied.update({"XLA_FLAGS": os.environ["XLA_FLAGS"], "malloc": steady_malloc(),
+                   "compilation_cache_dir": jax.config.jax_compilation_cache_dir})
+  return dict(_applied)
+
+
+def settings() -> dict:
+  """The runtime settings in force in this process: whether `configure()` ran, the malloc
+  settings it applied or found in the environment (which change speed, not results)."""
+  return {"configured": bool(_applied), "malloc_applied": _applied.get("malloc", {}),
+          "malloc_environment": {k: os.environ[k] for k in MALLOC_SETTINGS if k in os.environ},
+          ENV_OPT_OUT: os.environ.get(ENV_OPT_OUT)}

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from smjax import provenance  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
                               paired_interval)
 from smjax.summary import COLORS, REGIMES, best_line, summarize  # noqa: E402
@@ -220,6 +221,7 @@ def write_report(workdir: str | Path) -> Path:
   command = workdir / "command.txt"
   study["command"] = command.read_text().strip() if command.exists() else None
   study["wall_clock"] = wall_clock(workdir)
+  study["provenance"] = provenance.of_runs(workdir)
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "study.json", study)
     plot_curves(summaries, out / "curves.png")
@@ -410,5 +412,6 @@ def summary_markdown(study: dict) -> str:
           "Time in epochs (training and evaluation), summed over the runs of all seeds "
           "(runs side by side under --jobs overlap): " +
           ", ".join(f"{r} {h:.2f} h" for r, h in hours.items()) +
-          f"; jax {study['jax_version']}; {study['machine']}.", ""]
+          f"; jax {study['jax_version']}; {study['machine']}.", "",
+          provenance.summary_text(study.get("provenance", {})), ""]
   return "\n".join(out)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from flax import traverse_util
 
-from smjax import checkpoint
+from smjax import checkpoint, provenance
 from smjax.config import Config, best_metric
 from smjax.pruning import (RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET,  # noqa: F401
                            magnitude_masks, random_masks)
 from smjax.statistics import mean_std
-from smjax.workdir import (RunError, read_config, read_metrics, replaced_atomically, wall_clock,
-                           wall_clock_text, write_json_atomic)
+from smjax.workdir import (RunError, check_same_network, read_config, read_metrics,
+                           replaced_atomically, wall_clock, wall_clock_text, write_json_atomic)
 
 CONTROLS = {"reinit": ("same mask, random reinit", "tab:gray"),
             "random": ("random mask, same layer densities", "tab:red")}
@@ -57,9 +57,7 @@ def pruned_start(config: Config) -> dict:
   source = read_config(source_dir)
   if source.get("mode") not in ("weight", "finetune"):
     raise RunError(f"{source_dir} is a {source.get('mode')!r} run; prune_from needs trained weights")
-  for key in ("model", "dataset", "mask_biases"):
-    if source.get(key) != getattr(config, key):
-      raise RunError(f"{source_dir} has {key}={source.get(key)!r}, this run {getattr(config, key)!r}")
+  check_same_network(source_dir, config)
   best = checkpoint.restore(source_dir, which="best")
   output_layer = best["meta"]["layers"][-1]  # layer names in forward order
   rates = {leaf: config.prune_rate_output if leaf.rsplit("/", 1)[0] == output_layer
@@ -185,7 +183,7 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
                                                      for r in by_seed.values())
                               for kind in ("",) + tuple(CONTROLS)},
             "wall_clock": wall_clock(workdir), "jax_version": jax.__version__,
-            "machine": study.machine()}
+            "machine": study.machine(), "provenance": provenance.of_runs(workdir)}
   with replaced_atomically(workdir / "report") as out:
     write_json_atomic(out / "tickets.json", result)
     _plot(table, result["supermasks"], result["rewind"], out / "tickets.png")
@@ -296,5 +294,6 @@ def _markdown(result: dict) -> str:
   out += ["", wall_clock_text(result.get("wall_clock")) +
           "Time in epochs (training and evaluation), summed over the runs of all seeds "
           f"(runs side by side under --jobs overlap): {hours}; "
-          f"jax {result['jax_version']}; {result['machine']}."]
+          f"jax {result['jax_version']}; {result['machine']}.", "",
+          provenance.summary_text(result.get("provenance", {}))]
   return "\n".join(out) + "\n"

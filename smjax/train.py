@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smjax import augment, data, masking, optim
+from smjax import augment, data, masking, models, optim
 from smjax.config import Config
 
 PyTree = Any
@@ -54,11 +54,14 @@ def init_variables(key: jax.Array, model: nn.Module, input_shape: tuple[int, ...
   """(params, scores, batch_stats) of a fresh model; scores from `fold_in(key, 1)`."""
   variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
   params = variables["params"]
-  paths = masking.maskable_paths(params, include_bias=config.mask_biases)
+  predicate = (masking.is_kernel if config.mask_layers == "all" else masking.mask_predicate(
+      config.mask_layers, models.layer_order(model, input_shape)))
+  paths = masking.maskable_paths(params, include_bias=config.mask_biases, predicate=predicate)
   if config.weight_init == "signed_constant":
     params = masking.signed_constant(params, paths)
   scores = masking.init_scores(params, jax.random.fold_in(key, 1), init=config.score_init,
-                               value=config.score_init_value, include_bias=config.mask_biases)
+                               value=config.score_init_value, include_bias=config.mask_biases,
+                               predicate=predicate)
   return params, scores, variables.get("batch_stats", {})
 
 
@@ -102,9 +105,11 @@ def evaluation_masks(state: TrainState, config: Config) -> PyTree:
 
 
 def _preprocess(images: jax.Array, dataset: str) -> jax.Array:
-  """uint8 or float [batch, h, w, c] in [0, 255] -> normalised float32."""
-  mean, std = (jnp.asarray(v, jnp.float32) for v in data.NORMALIZATION[dataset])
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  """uint8 or float [batch, h, w, c] -> the network's float32 input, as the dataset's
+  registration says: (images / scale - mean) / std."""
+  scale, mean, std = data.input_scaling(dataset)
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) / scale - mean) / std
 
 
 def _apply(model, state, params, images, train, rngs=None):
@@ -125,7 +130,7 @@ def make_train_step(model: nn.Module, config: Config, axis_name: str | None = No
   that axis (and BatchNorm normalises with cross-device statistics), so a
   pmapped step equals the single-device step on the global batch.
   """
-  model = model.clone(axis_name=axis_name)
+  model = models.with_axis_name(model, axis_name)
   masks_for = forward_masks(config)
   mean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
 
@@ -175,7 +180,7 @@ def make_eval_step(model: nn.Module, config: Config, axis_name: str | None = Non
   With `sampled`, the mask is the training estimator's draw from `key` (Zhou et
   al. evaluate Bernoulli supermasks by sampling) instead of the deterministic one.
   """
-  model = model.clone(axis_name=axis_name)
+  model = models.with_axis_name(model, axis_name)
   masks_for = forward_masks(config)
   total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
 

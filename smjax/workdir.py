@@ -25,6 +25,7 @@ class RunError(RuntimeError):
 
 
 LOCK_FILE = ".lock"
+PROVENANCE_FILE = "provenance.json"  # smjax.provenance's
 _held: dict[Path, int] = {}  # this process's locks: path -> open file descriptor
 
 
@@ -157,9 +158,10 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
   if (path.exists() and not overwrite and trained(workdir)
       and read_config(workdir).get("epochs") >= config.epochs):
     return
-  if overwrite:
+  if overwrite or not trained(workdir):  # a new run: no record of sessions that trained nothing
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
+    (workdir / PROVENANCE_FILE).unlink(missing_ok=True)
   workdir.mkdir(parents=True, exist_ok=True)
   write_json_atomic(path, on_disk(config.to_dict(), workdir))
 
@@ -197,6 +199,18 @@ def read_config(workdir: Path) -> dict:
     raise RunError(f"{path} is damaged (not a JSON object); delete it to resume with this "
                    "command's config, or use --overwrite or another --workdir")
   return values
+
+
+SAME_NETWORK = ("model", "dataset", "downsampling", "mask_biases", "mask_layers")
+
+
+def check_same_network(source: Path, config: Config) -> None:
+  """RunError unless the run in `source`, which `config`'s run starts from (a mask run, a
+  ticket round), trains the same network on the same data with the same masked leaves."""
+  stored = {**Config().to_dict(), **read_config(source)}
+  for key in SAME_NETWORK:
+    if stored[key] != getattr(config, key):
+      raise RunError(f"{source} has {key}={stored[key]!r}, this run {getattr(config, key)!r}")
 
 
 def config_diff(config: Config, workdir: Path) -> list[str]:

@@ -1,6 +1,8 @@
 """smjax.inspect on checkpoints written by real tiny runs of each mode."""
 
 import json
+import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -138,10 +140,43 @@ def test_exported_model_needs_no_smjax_and_scores_what_the_run_recorded(runs, tm
   variables = serialization.msgpack_restore(path.read_bytes())
   best = {m["step"]: m for m in read_metrics(runs["seed0"] / regime)}[info["step"]]
   test = data.load("digits", val_size=100).test
-  x = (test.images.astype(np.float32) / 255 - np.asarray(info["mean"])) / np.asarray(info["std"])
+  x = ((test.images.astype(np.float32) / info["input"]["scale"] - np.asarray(info["input"]["mean"]))
+       / np.asarray(info["input"]["std"]))
   logits = models.get(info["model"], 10).apply(variables, x.astype(np.float32), train=False)
   assert np.mean(np.argmax(logits, -1) == test.labels) == pytest.approx(best["test_accuracy"], abs=1e-6)
   zeros = sum(int(np.sum(variables["params"][name.split("/")[0]]["kernel"] == 0))
               for name in (layer["name"] for layer in info["layers"]))
   total = sum(layer["n_weights"] for layer in info["layers"])
   assert 1 - zeros / total == pytest.approx(info["density"], abs=1e-9) and info["density"] < 1
+
+
+# The README's lines that load the digits test split and run the exported network with jax,
+# numpy and scikit-learn alone; then a check that neither smjax nor flax was imported.
+README = (Path(__file__).parents[1] / "README.md").read_text()
+NO_SMJAX = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S)
+                if "jax.export.deserialize" in b) + (
+    "import sys\nassert 'smjax' not in sys.modules and 'flax' not in sys.modules\n")
+EXPORTED = "runs/digits/finetune/export/model.msgpack.stablehlo"
+
+
+@pytest.mark.parametrize("regime", ["mask", "finetune"])
+def test_exported_function_runs_with_jax_alone_and_scores_the_recorded_accuracy(runs, tmp_path,
+                                                                                capsys, regime):
+  import os
+  import subprocess
+  import sys
+  from smjax.workdir import read_metrics
+  path = tmp_path / "net.msgpack"
+  assert main_out(capsys, runs["seed0"] / regime, "--export-model", path)[0] == 0
+  info = json.loads(path.with_name("net.msgpack.json").read_text())
+  recorded = {m["step"]: m for m in read_metrics(runs["seed0"] / regime)}[info["step"]]
+  assert info["test_accuracy"] == recorded["test_accuracy"]
+  assert info["input"]["dtype"] == "uint8" and info["input"]["shape"] == [8, 8, 1]
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+  assert EXPORTED in NO_SMJAX
+  script = NO_SMJAX.replace(EXPORTED, f"{path}.stablehlo")
+  done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                        env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  accuracy = float(re.search(r"test accuracy ([0-9.]+)", done.stdout)[1])
+  assert accuracy == recorded["test_accuracy"]

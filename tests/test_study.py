@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import digits
-from smjax import checkpoint, cli, data, report, study, summary
+from smjax import checkpoint, cli, data, provenance, report, study, summary
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
 
@@ -77,6 +77,12 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
   assert result["command"].startswith("python -m experiments.digits --workdir")
   assert result["wall_clock"]["commands"] == 1 and result["wall_clock"]["seconds"] > 0
   assert "Wall-clock of the training: " in (tmp_path / "report" / "summary.md").read_text()
+  # every run's provenance, as its provenance.json holds it
+  runs = {f"seed{s}/{r}" for s in (0, 1) for r in summary.REGIMES[:4]}
+  assert set(result["provenance"]) == runs
+  for name in runs:
+    assert result["provenance"][name] == provenance.read(tmp_path / name) != []
+  assert "8 runs started on " in (tmp_path / "report" / "summary.md").read_text()
   for seed in (0, 1):
     config = json.loads((tmp_path / f"seed{seed}" / "mask" / "config.json").read_text())
     assert config["seed"] == seed

@@ -82,7 +82,7 @@ def test_weight_mode_equals_plain_optax_loop(batch):
   params, batch_stats = variables["params"], variables["batch_stats"]
   tx = optax.sgd(0.05, momentum=0.9)
   opt_state = tx.init(params)
-  mean, std = data.NORMALIZATION["digits"]
+  _, mean, std = data.input_scaling("digits")
   x = (batch["image"].astype(np.float32) / 255 - mean[0]) / std[0]
 
   @jax.jit
@@ -119,7 +119,7 @@ def test_finetune_keeps_mask_and_applies_configured_lr(batch):
                                                       jax.tree.leaves(state.trainable["params"])))
 
   # One SGD step moves params by exactly -lr * grad of the masked network.
-  mean, std = data.NORMALIZATION["digits"]
+  _, mean, std = data.input_scaling("digits")
   x = (batch["image"].astype(np.float32) / 255 - mean[0]) / std[0]
 
   def loss_fn(p):

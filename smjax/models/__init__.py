@@ -1,57 +1,119 @@
-"""Plain flax.linen classifiers behind a name registry.
+"""Classifiers behind a name registry: the built-in flax.linen models, and any you register.
 
-Every model is called as `model.apply(variables, x, train=...)` with
-x: [batch, height, width, channels] and returns logits [batch, num_classes].
-Each has an `axis_name` field for cross-device BatchNorm and a compute `dtype`.
+The contract a model meets (built-in or registered with `register`):
+
+    factory(num_classes, **options) -> flax.linen.Module
+    module.apply(variables, x, train=bool[, mutable=["batch_stats"], rngs={"dropout": key}])
+        x: float32 [batch, height, width, channels], already normalised (smjax.data's contract)
+        returns logits [batch, num_classes]
+
+`options` are passed only when the factory's signature names them (or takes **kwargs), so a
+model never has to accept a setting it does not use:
+
+    dtype          the compute dtype (config `dtype`)
+    conv           a `lax.conv_general_dilated` stand-in for nn.Conv (config `conv_algorithm`)
+    dropout_rate   config `dropout_rate`
+    downsampling   config `downsampling`
+
+A module with an `axis_name` field gets the device axis under pmap (cross-device BatchNorm);
+BatchNorm statistics go in the "batch_stats" collection. Masks go on the leaves that
+`smjax.masking`'s rule picks (config `mask_layers`; default every conv and dense `kernel`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
+from typing import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from smjax.models.small import MLP, ConvNet, LeNet5
 from smjax.models.wide_resnet import DOWNSAMPLING, WideResNet
 
-_FIXED = {
-    "lenet300-100": lambda n, **kw: MLP((300, 100), n, **kw),
-    "lenet5": lambda n, **kw: LeNet5(n, **kw),
-    "conv2": lambda n, **kw: ConvNet(1, n, **kw),
-    "conv4": lambda n, **kw: ConvNet(2, n, **kw),
-    "conv6": lambda n, **kw: ConvNet(3, n, **kw),
+Factory = Callable[..., nn.Module]
+OPTIONS = ("dtype", "conv", "dropout_rate", "downsampling")
+
+
+def _mlp(num_classes, dtype=jnp.float32):
+  return MLP((300, 100), num_classes, dtype=dtype)
+
+
+def _conv_net(pairs: int) -> Factory:
+  def factory(num_classes, dtype=jnp.float32, conv=None):
+    return ConvNet(pairs, num_classes, dtype=dtype, conv=conv)
+  return factory
+
+
+def _lenet5(num_classes, dtype=jnp.float32, conv=None):
+  return LeNet5(num_classes, dtype=dtype, conv=conv)
+
+
+_REGISTRY: dict[str, Factory] = {
+    "lenet300-100": _mlp, "lenet5": _lenet5,
+    "conv2": _conv_net(1), "conv4": _conv_net(2), "conv6": _conv_net(3),
 }
+BUILT_IN = tuple(_REGISTRY)
 _WRN = re.compile(r"wrn(\d+)-(\d+)$")
-NAMES = tuple(_FIXED) + ("wrnD-K (D = 6n + 4, e.g. wrn16-4, wrn28-10)",)
 
 
-def get(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Builds a model by name: `lenet300-100`, `lenet5`, `conv2/4/6` or `wrnD-K`.
+def register(name: str, factory: Factory) -> None:
+  """Makes `name` a model of every command (`--set model=NAME`): `factory(num_classes,
+  **options)` builds it (the module docstring has the contract). Register at the top level of
+  your experiment module, so that worker processes (`--jobs`) register it too. A name may be
+  registered again (the latest wins); a built-in name may not."""
+  if name in BUILT_IN or _WRN.match(name):
+    raise ValueError(f"{name!r} is a built-in model; register yours under another name")
+  if not callable(factory):
+    raise TypeError(f"the factory of model {name!r} must be callable, got {factory!r}")
+  _REGISTRY[name] = factory
 
-  kwargs go to the module: `dtype` and `conv` (a `lax.conv_general_dilated` stand-in, e.g.
-  `winograd.conv_general_dilated`) for all; `dropout_rate` and `downsampling`
-  ("stride" | "maxpool") for Wide ResNets.
-  """
-  if name in _FIXED:
-    return _FIXED[name](num_classes, **kwargs)
+
+def names() -> tuple[str, ...]:
+  """The model names `get` takes (the Wide ResNets as a pattern)."""
+  return tuple(_REGISTRY) + ("wrnD-K (D = 6n + 4, e.g. wrn16-4, wrn28-10)",)
+
+
+def _wide_resnet(depth: int, width: int) -> Factory:
+  def factory(num_classes, dtype=jnp.float32, conv=None, dropout_rate=0.0, downsampling="stride"):
+    if downsampling not in DOWNSAMPLING:
+      raise ValueError(f"unknown downsampling {downsampling!r}; known: {DOWNSAMPLING}")
+    return WideResNet(depth, width, num_classes, dropout_rate=dropout_rate,
+                      downsampling=downsampling, dtype=dtype, conv=conv)
+  return factory
+
+
+def factory(name: str) -> Factory:
+  """The factory registered as `name` (or the Wide ResNet it names); ValueError if none."""
+  if name in _REGISTRY:
+    return _REGISTRY[name]
   match = _WRN.match(name)
   if match:
     depth, width = int(match[1]), int(match[2])
     if (depth - 4) % 6 or depth < 10 or width < 1:
       raise ValueError(f"invalid Wide ResNet {name!r}: depth must be 6n + 4 (10, 16, 22, 28, ...) "
                        "and width >= 1")
-    if kwargs.get("downsampling", "stride") not in DOWNSAMPLING:
-      raise ValueError(f"unknown downsampling {kwargs['downsampling']!r}; known: {DOWNSAMPLING}")
-    return WideResNet(depth, width, num_classes, **kwargs)
-  raise ValueError(f"unknown model {name!r}; known: {', '.join(NAMES)}")
+    return _wide_resnet(depth, width)
+  raise ValueError(f"unknown model {name!r}; known: {', '.join(names())} (register your own "
+                   "with smjax.models.register at the top level of your experiment module)")
 
 
-def is_known(name: str) -> bool:
-  try:
-    get(name, 10)
-  except ValueError:
-    return False
-  return True
+def get(name: str, num_classes: int, **options) -> nn.Module:
+  """Builds model `name` for `num_classes`, passing the `options` its factory accepts."""
+  build = factory(name)
+  parameters = inspect.signature(build).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    options = {k: v for k, v in options.items() if k in parameters}
+  return build(num_classes, **options)
+
+
+def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
+  """`model` with its `axis_name` field set (cross-device BatchNorm); as is without the field."""
+  if any(f.name == "axis_name" for f in dataclasses.fields(model)):
+    return model.clone(axis_name=axis_name)
+  return model
 
 
 def layer_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
