@@ -26,25 +26,42 @@ COMMON_FIELDS = ("data_dir", "seed", "epochs", "batch_size", "lr", "finetune_epo
                  "dynamic_rescale")
 
 
-def config_help(get_config) -> str:
-  """The config fields a user of this experiment most likely changes, with their defaults: the
-  common ones and every one the experiment sets away from `Config`'s default."""
-  config, base = get_config().to_dict(), config_lib.Config().to_dict()
-  keys = list(COMMON_FIELDS) + [k for k in config if config[k] != base[k] and k not in COMMON_FIELDS]
+def config_help(get_config, overrides: list[str] = ()) -> str:
+  """The config fields a user of this experiment most likely changes, as the command will run
+  them (after its `--set` overrides, when they are valid): the common ones and every one the
+  experiment or an override sets away from `Config`'s default."""
+  try:
+    config = build_config(get_config, list(overrides)).to_dict()
+  except ValueError:  # a bad override is reported when the command runs
+    config = get_config().to_dict()
+  base = config_lib.Config().to_dict()
+  named = [o.partition("=")[0] for o in overrides]
+  keys = list(COMMON_FIELDS) + [k for k in config if k not in COMMON_FIELDS
+                                and (config[k] != base[k] or k in named)]
   switches = " or ".join(f"--set {p}=..." for p in inspect.signature(get_config).parameters)
   lines = [f"  {key} = {config[key]!r}" for key in keys]
   return "\n".join(
-      ["config (change with --set KEY=VALUE; every field and its meaning: smjax/config.py):",
+      ["config as this command runs it (change with --set KEY=VALUE; every field and its "
+       "meaning: smjax/config.py):",
        *lines] + ([f"{switches} also switches the settings this experiment derives from it."]
                   if switches else []))
 
 
+def _overrides_in(argv) -> list[str]:
+  """The --set values of a command line, read before argparse (for --help's config)."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"] + [
+      a.removeprefix("--set=") for a in args if a.startswith("--set=")]
+
+
 def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
-                                   epilog=config_help(get_config) if get_config else None,
+                                   epilog=config_help(get_config, _overrides_in(argv))
+                                   if get_config else None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default=None,
-                      help=f"run directory (default: runs/{name} for --regime all, else "
+                      help=f"run directory (default: runs/{name} for --regime all, "
+                      f"runs/{name}_seeds for --seeds, runs/{name}_tickets for tickets, else "
                       f"runs/{name}/REGIME); rerun the same command to resume")
   parser.add_argument("--regime", default="all", choices=run.REGIMES,
                       help="one run; every run of one initialization plus the report (all); "
@@ -125,13 +142,15 @@ def main(get_config, name: str, argv=None, doc: str | None = None) -> int:
 
 
 def default_workdir(name: str, args: argparse.Namespace) -> Path:
-  """Where a command writes: --workdir, else runs/NAME (a study or --regime all; tickets:
-  runs/NAME_tickets) or runs/NAME/REGIME (one run)."""
+  """Where a command writes: --workdir, else runs/NAME (--regime all), runs/NAME_seeds (a
+  study), runs/NAME_tickets (tickets) or runs/NAME/REGIME (one run): no two write one report."""
   if args.workdir:
     return Path(args.workdir)
   if args.regime == "tickets":
     return Path(f"runs/{name}_tickets")
-  if args.seeds or args.regime == "all":
+  if args.seeds:
+    return Path(f"runs/{name}_seeds")
+  if args.regime == "all":
     return Path(f"runs/{name}")
   return Path(f"runs/{name}/{args.regime}")
 

@@ -16,6 +16,7 @@ PROTOCOLS = ("clean", "original")
 WEIGHT_INITS = ("default", "signed_constant")
 DTYPES = ("float32", "bfloat16")
 PLACE_ONLY = ("data_dir",)
+RECORDING_ONLY = ("tensorboard", "tensorboard_every_steps")  # what is logged, not computed
 FINETUNE_ONLY = ("finetune_optimizer", "finetune_lr", "finetune_epochs", "original_finetune",
                  "mask_run", "start_epochs", "prune_from", "reinit_seed", "random_mask_seed",
                  "rewind_from")
@@ -72,6 +73,8 @@ class Config:
   eval_batch_size: int = 500
   steps_per_call: int = 1             # > 1: lax.scan over that many steps per compiled call
   keep_every_epochs: int = 0          # also keep every N-th epoch's checkpoint (0: latest + best)
+  tensorboard: bool = True            # TensorBoard event files in the run directory
+  tensorboard_every_steps: int = 50   # ... with the training loss every N steps
   epochs: int = 30
   # Augmentation, on device, per example.
   crop_padding: int = 0               # pixels of black padding, then a random crop (CIFAR-10: 4)
@@ -129,7 +132,7 @@ class Config:
 
     Where the data lies is not part of it, nor, outside finetune mode, how a later fine-tune
     of the same init would go."""
-    ignored = PLACE_ONLY + STUDY_ONLY + (
+    ignored = PLACE_ONLY + RECORDING_ONLY + STUDY_ONLY + (
         FINETUNE_ONLY + PRUNING if self.mode != "finetune" else ())
     return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
@@ -210,7 +213,7 @@ def validate(config: Config) -> None:
     if not value > 0:
       raise ValueError(f"{key} must be > 0, got {value}")
   for key in ("epochs", "finetune_epochs", "batch_size", "eval_batch_size", "plateau_patience",
-              "steps_per_call", "ticket_rounds"):
+              "steps_per_call", "ticket_rounds", "tensorboard_every_steps"):
     if getattr(config, key) < 1:
       raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
   ranges = {"topk_fraction": (0.0, 1.0), "threshold": (0.0, 1.0), "momentum": (0.0, 1.0),

@@ -51,14 +51,25 @@ def plot_curves(summary: dict, path: Path) -> None:
     if offset:  # start the continuation at the checkpoint it starts from
       start = regimes[source]["curve"][offset - 1]
       epochs, accuracy = [offset] + epochs, [100 * start["test_accuracy"]] + accuracy
+    best_on = regimes[regime]["best_on"].removesuffix("_accuracy")
     ax.plot(epochs, accuracy, marker="o", ms=3, color=color,
-            label=f"{regime} (best {100 * regimes[regime]['best_test_accuracy']:.2f}%)")
-  ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Supermask, weights, and finetuned supermask")
+            label=f"{regime} ({100 * regimes[regime]['best_test_accuracy']:.2f}% at its best "
+                  f"{best_on} epoch)")
+  ax.set_ylim(bottom=_lowest_after_first_epoch(regimes) - 1)
+  ax.set(xlabel="epoch (a fine-tune continues from the epoch of the checkpoint it starts from)",
+         ylabel="test accuracy (%)", title="Supermask, weights, and fine-tuned supermask")
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _lowest_after_first_epoch(regimes: dict) -> float:
+  """The lowest test accuracy (%) of any curve after its first epoch: the y axis starts just
+  below it, so that one-point differences show."""
+  values = [100 * m["test_accuracy"] for r in regimes.values() for m in r["curve"][1:]]
+  return min(values or [100 * r["curve"][0]["test_accuracy"] for r in regimes.values()])
 
 
 def plot_mask_utilization(layers: list[dict], path: Path) -> None:

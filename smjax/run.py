@@ -30,6 +30,7 @@ from smjax import (checkpoint, data, distributed, models, optim, provenance, pru
 from smjax.config import FINETUNE_CONTROLS, Config, best_metric, validate
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
+from smjax.writer import RunWriter
 
 REGIMES = summary.REGIMES + ("all", "tickets")  # what --regime takes
 
@@ -192,21 +193,6 @@ def _sampled_test_accuracy(p_sampled, pstate, dataset: data.Dataset, config: Con
           "test_accuracy_sampled_std": float(np.std(accuracies))}
 
 
-def _warn_if_diverging(line: dict, first: list[dict], num_classes: int, factor: float = 10.0) -> None:
-  """A warning when an epoch's mean training loss is over `factor` times the first epoch's,
-  or the chance-level loss ln(classes): finite, but the run is likely diverging."""
-  bound = factor * min([np.log(num_classes)] + [m["train_loss"] for m in first])
-  if line["train_loss"] > bound:
-    print(f"warning: epoch {line['epoch']}'s mean training loss {line['train_loss']:.3g} is over "
-          f"{factor:g}x the first epoch's or chance level's ({bound / factor:.3g}); the run is "
-          "likely diverging (a lower lr?)", file=sys.stderr, flush=True)
-
-
-def _is_new_best(line: dict, workdir: Path, metric: str) -> bool:
-  """Whether `line` becomes the best checkpoint (the latest wins ties, as in orbax)."""
-  return all(line[metric] >= m[metric] for m in read_metrics(workdir))
-
-
 def _check_finite(history: list, epoch: int, first_step: int, last_good: int | None) -> None:
   bad = next((i for i, (loss, _) in enumerate(history) if not np.isfinite(loss)), None)
   if bad is not None:
@@ -284,12 +270,16 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
                     "num_classes": dataset.num_classes}}
   step_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   pstate = train_lib.replicate(state)
-  with stop_requests() as stop:
+  writer = RunWriter(workdir, tag=tag or name, metric=config.best_metric,
+                     num_classes=dataset.num_classes, tensorboard=config.tensorboard,
+                     every_steps=config.tensorboard_every_steps)
+  with stop_requests() as stop, contextlib.closing(writer):
     for epoch in range(first_epoch, config.epochs + 1):
       start_time = time.perf_counter() - seconds
       pstate, new, finished = train_epoch(p_step, pstate, dataset, config, epoch, step_key,
                                            len(history), stop, progress=tag is None)
       history, seconds = history + new, 0.0
+      writer.steps((epoch - 1) * steps, history)
       state = train_lib.unreplicate(pstate)
       _check_finite(history, epoch, (epoch - 1) * steps, manager.latest_step())
       if not finished:
@@ -314,7 +304,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
           "seconds": time.perf_counter() - start_time,
           "images_per_second": steps * config.batch_size / train_seconds,
       }
-      if sample and (epoch == config.epochs or _is_new_best(line, workdir, config.best_metric)):
+      if sample and (epoch == config.epochs or writer.is_new_best(line)):
         line.update(_sampled_test_accuracy(p_sampled, pstate, dataset, config, epoch))
       partial = [s for s in manager.all_steps() if s < int(state.step)
                  and (epoch - 1) * steps < s]
@@ -322,15 +312,12 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
                       {**meta, "epoch": epoch, "metrics": line})
       for s in partial:  # mid-epoch checkpoints of a graceful stop are superseded
         manager.delete(s)
-      if distributed.is_writer():
-        _warn_if_diverging(line, read_metrics(workdir)[:1], dataset.num_classes)
-        workdir_lib.append_metrics(workdir, line)
-        print(_format_line(line, tag or name), flush=True)
+      writer.epoch(line)
       history = []
       if stop and epoch < config.epochs:
         raise Stopped(f"stopped after epoch {epoch}; rerun the same command to resume")
   manager.close()
-  return read_metrics(workdir)
+  return writer.lines
 
 
 def header(config: Config, workdir: Path, dataset: data.Dataset, state, tag: str) -> str:
@@ -343,14 +330,6 @@ def header(config: Config, workdir: Path, dataset: data.Dataset, state, tag: str
           f"{len(devices)} {devices[0].platform} device{'s' * (len(devices) > 1)}"
           f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}; "
           f"mode {config.mode}; {workdir}")
-
-
-def _format_line(line: dict, tag: str) -> str:
-  pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
-  return (f"[{tag}] epoch {line['epoch']}: train loss {line['train_loss']:.4f} "
-          f"acc {pct(line['train_accuracy'])} | val {pct(line['val_accuracy'])} | "
-          f"test {pct(line['test_accuracy'])} | masked {pct(line['masked_fraction'])} | "
-          f"{line['seconds']:.1f}s, {line['images_per_second']:.0f} img/s")
 
 
 # --------------------------------------------------------------------------

@@ -227,12 +227,16 @@ def _plot(table: dict, supermasks: list[dict], rewind: str, path: Path) -> None:
     if points:
       ax.scatter(*zip(*points), marker="s", s=18, color=color, label=label)
   ax.set_xscale("log")
-  ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([100, 64, 41, 26, 17, 10.7, 7, 4.4, 2.8, 1.8, 1.2]))
-  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  rounds = _series(table)  # every round labelled at its own density
+  ax.set_xticks([100 * table[n]["kept"]["mean"] for n in rounds],
+                [f"{100 * table[n]['kept']['mean']:.3g}\nR{_round_number(n)}" for n in rounds],
+                fontsize=7)
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.invert_xaxis()
-  ax.set(xlabel="% of weights kept (masked layers)", ylabel="test accuracy at best epoch (%)",
-         title="Tickets and supermasks of one init: mean over seeds, bars ±1 std")
+  ax.set(xlabel="% of weights kept in the masked layers (Rn: pruning round n)",
+         ylabel="test accuracy at the best epoch (%)",
+         title="Lottery-ticket rounds, their controls and supermasks\n"
+               "test accuracy against density; mean over seeds, bars ±1 std")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -43,3 +43,21 @@ def test_protocols_switch_the_whole_setup():
   assert original.downsampling == "maxpool" and original.mask_biases and original.epochs == 3
   assert original.max_rotate == 20 and original.max_translate == 0.2
   assert cli.build_config(zhou.get_config, ["model=conv6"]).dataset == "cifar10"
+
+
+def test_help_shows_the_config_as_the_command_runs_it(capsys):
+  from experiments import zhou
+  with pytest.raises(SystemExit):
+    cli.parse_args("zhou", ["--set", "model=conv2", "--help"], get_config=zhou.get_config)
+  out = capsys.readouterr().out
+  assert "dataset = 'cifar10'" in out and "model = 'conv2'" in out and "crop_padding = 4" in out
+  with pytest.raises(SystemExit):
+    cli.parse_args("zhou", ["--help"], get_config=zhou.get_config)
+  assert "dataset = 'mnist'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "runs/x"), (["--seeds", "0", "1"], "runs/x_seeds"), (["--regime", "tickets"], "runs/x_tickets"),
+    (["--regime", "mask"], "runs/x/mask"), (["--seeds", "0", "--workdir", "w"], "w")])
+def test_a_study_a_single_run_and_tickets_never_share_a_default_workdir(argv, expected):
+  assert str(cli.default_workdir("x", cli.parse_args("x", argv))) == expected

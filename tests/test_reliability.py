@@ -14,6 +14,7 @@ import pytest
 
 from experiments import digits
 from smjax import checkpoint, cli, run
+from smjax.writer import RunWriter
 
 ROOT = Path(__file__).parents[1]
 SETS = ["model=lenet300-100", "batch_size=32", "epochs=8", "val_size=100"]
@@ -184,13 +185,17 @@ def test_finetune_from_the_wrong_run_is_refused(reference, tmp_path, capsys):
   assert not (tmp_path / "b").exists()
 
 
-def test_a_finite_but_exploding_loss_is_warned_about(capsys):
+def test_a_finite_but_exploding_loss_is_warned_about(tmp_path, capsys):
+  def writer(first):
+    w = RunWriter(tmp_path, tag="t", metric="val_accuracy", num_classes=10, tensorboard=False)
+    w.lines = first
+    return w
   first = [{"epoch": 1, "train_loss": 0.5}]
-  run._warn_if_diverging({"epoch": 3, "train_loss": 4.9}, first, 10)
+  writer(first)._warn_if_diverging({"epoch": 3, "train_loss": 4.9})
   assert capsys.readouterr().err == ""
-  run._warn_if_diverging({"epoch": 3, "train_loss": 5.1}, first, 10)  # > 10 x 0.5
+  writer(first)._warn_if_diverging({"epoch": 3, "train_loss": 5.1})  # > 10 x 0.5
   assert "epoch 3's mean training loss 5.1" in capsys.readouterr().err
-  run._warn_if_diverging({"epoch": 1, "train_loss": 1e30}, [], 10)  # > 10 x ln(10)
+  writer([])._warn_if_diverging({"epoch": 1, "train_loss": 1e30})  # > 10 x ln(10)
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "likely diverging" in err[0]
 

@@ -40,7 +40,15 @@ def test_aggregation_matches_hand_computed_values():
   assert "weight" not in out["paired_vs_weight"] and "mask (sampled)" not in out["paired_vs_weight"]
   for seed, value in zip(per_seed, (0.88, 0.93, 0.93)):  # sampled Bernoulli masks
     per_seed[seed]["mask"]["sampled_test_accuracy"] = value
-  sampled = study.aggregate(per_seed)["paired_vs_weight"]["mask (sampled)"]  # -0.02, +0.01, -0.01
+  bernoulli = study.aggregate(per_seed)
+  sampled = bernoulli["paired_vs_weight"]["mask (sampled)"]  # -0.02, +0.01, -0.01
+  # the sampled-mask figure (what Zhou et al. report) comes first, the deterministic one labelled
+  assert list(bernoulli["paired_vs_weight"])[:2] == ["mask (sampled)", "mask"]
+  text = study.summary_markdown({**bernoulli, "per_seed": {}, "layers": [], "command": None,
+                                 "epoch_seconds": {}, "jax_version": "x", "machine": "m"})
+  assert text.index("| mask (sampled), as Zhou et al. report | 3 | 91.33 ± 2.89") < text.index(
+      "| mask (deterministic: p > 0.5) | 3 | 83.00 ± 3.00")
+  assert text.index("| mask (sampled) - weight |") < text.index("| mask (deterministic) - weight |")
   assert sampled["n"] == 3 and sampled["mean"] == pytest.approx(-0.02 / 3)
   assert sampled["std"] == pytest.approx(np.sqrt((0.04 ** 2 + 0.05 ** 2 + 0.01 ** 2) / 9 / 2))  # deviations -4/3, 5/3, -1/3 %
 
