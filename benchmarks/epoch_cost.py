@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from benchmarks.common import machine, write_report
 from smjax import checkpoint, data, models, run, runtime, train

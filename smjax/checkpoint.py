@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from smjax import workdir as workdir_lib
 from smjax.config import best_metric
 
 ITEMS = ("state", "masks", "meta")
@@ -180,9 +181,9 @@ def _best_metric(directory: str | os.PathLike) -> str:
 def best_step(directory: str | os.PathLike, best_metric: str = "val_accuracy") -> int | None:
   """The step with the highest saved `best_metric` (the latest wins ties, as in orbax);
   checkpoints whose metrics are missing or damaged do not compete."""
-  ranked = [(m[best_metric], s) for s, m in _saved_metrics(Path(directory)).items()
+  ranked = [{**m, "step": s} for s, m in _saved_metrics(Path(directory)).items()
             if m and best_metric in m]
-  return max(ranked)[1] if ranked else None
+  return workdir_lib.best_line(ranked, best_metric, order="step")["step"] if ranked else None
 
 
 def _unreadable(path: Path, err: Exception) -> str:

@@ -63,7 +63,7 @@ def parse_args(name: str, argv=None, doc: str | None = None, get_config=None) ->
                       help=f"run directory (default: runs/{name} for --regime all, "
                       f"runs/{name}_seeds for --seeds, runs/{name}_tickets for tickets, else "
                       f"runs/{name}/REGIME); rerun the same command to resume")
-  parser.add_argument("--regime", default="all", choices=run.REGIMES,
+  parser.add_argument("--regime", default="all", choices=run.REGIME_CHOICES,
                       help="one run; every run of one initialization plus the report (all); "
                       "or lottery-ticket rounds and their controls (tickets, smjax/tickets.py)")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

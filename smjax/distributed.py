@@ -182,6 +182,20 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+AGREE_EVERY_STEPS = 16  # how often the processes of a run agree on a stop request
+
+
+def agrees_now(steps_done: int, steps_per_call: int = 1) -> bool:
+  """Whether a run agrees on a stop request after `steps_done` steps of an epoch: after every
+  call in one process (free), else every AGREE_EVERY_STEPS steps (at most once per compiled
+  call): each agreement is a cross-process gather that waits for every process to get there,
+  which would stall JAX's asynchronous dispatch if it came at every step."""
+  if jax.process_count() == 1:
+    return True
+  every = max(1, AGREE_EVERY_STEPS // steps_per_call) * steps_per_call
+  return steps_done % every < steps_per_call
+
+
 def any_process(flag: bool) -> bool:
   """Whether `flag` is set in any process: a stop request in one stops all at the same step."""
   if jax.process_count() == 1:

@@ -108,7 +108,8 @@ def provenance_lines(sessions: list[dict]) -> list[str]:
   for i, session in enumerate(sessions):
     differs = session.get("differs_from_start")
     note = f"; differs from the start in {', '.join(differs)}" if differs else ""
-    out.append(f"{'started' if i == 0 else 'resumed'} {session['date']}: "
+    started = "resumed (its start not recorded)" if session.get("start_unrecorded") else "started"
+    out.append(f"{started if i == 0 else 'resumed'} {session['date']}: "
                f"{provenance.setting(session)}{note}")
   return out
 
@@ -131,7 +132,7 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
   and masks baked in, batch dimension symbolic), which runs with jax alone; PATH.json, the
   model, the input it takes and the per-layer density."""
   from flax import serialization
-  from smjax import config as config_lib, data, models
+  from smjax import config as config_lib, models
   restored = checkpoint.restore(run_dir, step=step)
   state, stored = restored["state"], read_config(run_dir)
   variables = {"params": jax.tree.map(np.asarray, masking.apply_masks(

@@ -134,12 +134,15 @@ def read(run_dir: str | os.PathLike) -> list[dict]:
     return []
 
 
-def append(run_dir: Path, current: dict) -> str | None:
+def append(run_dir: Path, current: dict, resumed: bool = False) -> str | None:
   """Adds `current` to the run's records (atomically; earlier ones are kept as they are).
   Returns one warning line when it differs from the session that started the run, whose
-  differences it also records; else None."""
+  differences it also records; else None. A run `resumed` without records (started before
+  they were kept) gets `start_unrecorded` in its first one."""
   sessions = read(run_dir)
   warning = None
+  if resumed and not sessions:
+    current = {**current, "start_unrecorded": True}
   if sessions:
     diff = differences(sessions[0], current)
     current = {**current, "differs_from_start": diff}

@@ -138,9 +138,9 @@ def main(argv=None) -> int:
     print(f"error: {args.workdir} is not a directory; give a run or study workdir", file=sys.stderr)
     return 2
   try:
-    if tickets.seed_dirs(args.workdir):
+    if tickets.seeds_with_rounds(args.workdir):
       summary = tickets.write_report(args.workdir, args.supermasks)
-    elif study.seed_dirs(args.workdir):
+    elif study.seeds_with_runs(args.workdir):
       summary = study.write_report(args.workdir)
     else:
       summary = write_report(args.workdir)

@@ -32,7 +32,7 @@ from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exp
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 from smjax.writer import RunWriter
 
-REGIMES = summary.REGIMES + ("all", "tickets")  # what --regime takes
+REGIME_CHOICES = summary.REGIMES + ("all", "tickets")  # what --regime takes
 
 
 # --------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def _start_step(run_dir: Path, epochs: int) -> int | None:
   lines = [m for m in read_metrics(run_dir) if m["epoch"] <= epochs]
   if len(lines) < epochs:
     raise RunError(f"{run_dir} has finished {len(lines)} of the {epochs} epochs to start from")
-  best = summary.best_line(lines, best_metric(workdir_lib.read_config(run_dir)["protocol"]))
+  best = workdir_lib.best_line(lines, best_metric(workdir_lib.read_config(run_dir)["protocol"]))
   if best["step"] not in checkpoint.steps(run_dir):
     raise RunError(f"{run_dir} kept no checkpoint of epoch {best['epoch']}, its best among the "
                    f"first {epochs}; it needs keep_every_epochs=1")
@@ -154,8 +154,9 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
   `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (then the
-  epoch's last call may take fewer). Stops early, unfinished, at the first call boundary
-  after a stop request.
+  epoch's last call may take fewer). Stops early, unfinished, after a stop request: at the next
+  call in one process, at the next agreement of all processes in several
+  (`distributed.agrees_now`). No host sync per step (off a TTY's progress bar).
   """
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   batches = data.train_batches(dataset.train, config.batch_size, seed=config.seed, epoch=epoch,
@@ -171,15 +172,18 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
     for batch in batches:
       pstate, metrics = p_step(pstate, batch, key)
       history.append(metrics)
-      bar.update(batch["label"].shape[1] if config.steps_per_call > 1 else 1)
-      if tty and len(history) % 10 == 0:  # the only host sync inside the epoch, and only on a TTY
+      count = batch["label"].shape[1] if config.steps_per_call > 1 else 1
+      done += count
+      bar.update(count)
+      if tty and len(history) % 10 == 0:  # a host sync inside the epoch only on a TTY
         bar.set_postfix(loss=f"{float(np.ravel(metrics['loss'][0])[-1]):.3f}",
                         acc=f"{float(np.ravel(metrics['accuracy'][0])[-1]):.3f}")
-      if distributed.any_process(bool(stop)):  # every process stops at the same step
+      # every process stops at the same step; several agree every few steps, not at each one
+      if distributed.agrees_now(done, config.steps_per_call) and distributed.any_process(bool(stop)):
         break
   history = [[float(loss), float(acc)] for m in jax.device_get(history)
              for loss, acc in zip(np.ravel(m["loss"][0]), np.ravel(m["accuracy"][0]))]
-  return pstate, history, done + len(history) == steps
+  return pstate, history, done == steps
 
 
 def _sampled_test_accuracy(p_sampled, pstate, dataset: data.Dataset, config: Config,
@@ -240,7 +244,8 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   checkpoints = checkpoint.checkpoint_dir(workdir)
   if distributed.is_writer():
     workdir_lib.claim(config, workdir, overwrite)
-    changed = provenance.append(workdir, provenance.record())
+    changed = provenance.append(workdir, provenance.record(),
+                                resumed=workdir_lib.trained(workdir))
     if changed:
       print(changed, file=sys.stderr, flush=True)
     checkpoint.remove_temporaries(checkpoints)  # of saves a kill interrupted (we hold the lock)
@@ -261,8 +266,9 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   p_sampled = train_lib.pmap_eval_step(
       train_lib.make_eval_step(model, config, train_lib.AXIS, sampled=True))
   sample = config.mode == "mask" and config.sampled_mask_evals > 0
-  eval_masks = jax.jit(lambda s: jax.tree.map(lambda m: m != 0,
-                                              train_lib.evaluation_masks(s, config)))
+  # the binary masks a checkpoint records, computed where the state is (no upload of a host copy)
+  p_eval_masks = jax.pmap(lambda s: jax.tree.map(lambda m: m != 0,
+                                                 train_lib.evaluation_masks(s, config)))
   scale, mean, std = data.input_scaling(config.dataset)
   meta = {"config": config.to_dict(), "layers": models.layer_order(model, dataset.input_shape),
           "input": {"shape": list(dataset.input_shape), "dtype": str(dataset.train.images.dtype),
@@ -280,10 +286,10 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
                                            len(history), stop, progress=tag is None)
       history, seconds = history + new, 0.0
       writer.steps((epoch - 1) * steps, history)
-      state = train_lib.unreplicate(pstate)
+      state, masks = train_lib.unreplicate(pstate), train_lib.unreplicate(p_eval_masks(pstate))
       _check_finite(history, epoch, (epoch - 1) * steps, manager.latest_step())
       if not finished:
-        checkpoint.save(manager, int(state.step), state, jax.device_get(eval_masks(state)),
+        checkpoint.save(manager, int(state.step), state, masks,
                         {**meta, "epoch": epoch, "partial": True, "history": history,
                          "seconds": time.perf_counter() - start_time})
         raise Stopped(f"stopped at step {int(state.step)} (epoch {epoch}); "
@@ -308,7 +314,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
         line.update(_sampled_test_accuracy(p_sampled, pstate, dataset, config, epoch))
       partial = [s for s in manager.all_steps() if s < int(state.step)
                  and (epoch - 1) * steps < s]
-      checkpoint.save(manager, int(state.step), state, jax.device_get(eval_masks(state)),
+      checkpoint.save(manager, int(state.step), state, masks,
                       {**meta, "epoch": epoch, "metrics": line})
       for s in partial:  # mid-epoch checkpoints of a graceful stop are superseded
         manager.delete(s)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 from pathlib import Path
 
 import matplotlib
@@ -29,10 +28,9 @@ from smjax import provenance  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
                               paired_interval)
 from smjax.summary import COLORS, REGIMES, best_line, summarize  # noqa: E402
-from smjax.workdir import (read_config, replaced_atomically, wall_clock,  # noqa: E402
+from smjax.workdir import (read_config, replaced_atomically, seed_dirs, wall_clock,  # noqa: E402
                            wall_clock_text, write_json_atomic)
 
-SEED_DIR = re.compile(r"seed(\d+)$")
 RUN_NUMBERS = ("best_test_accuracy", "final_test_accuracy", "last3_test_accuracy", "epochs_to_99",
                "masked_fraction", "sampled_test_accuracy")
 WEIGHT_EQUAL_EPOCHS = "weight (equal epochs)"  # the weight run read at epochs + finetune_epochs
@@ -50,14 +48,9 @@ SAMPLED_MASK = "mask (sampled)"  # Bernoulli masks: the mean test accuracy of ma
 # the scores at the best epoch, what Zhou et al. report; "mask" is then the deterministic one
 
 
-def seed_dirs(workdir: Path) -> dict[int, Path]:
-  """{seed: WORKDIR/seed<seed>} for every seed directory that holds at least one run."""
-  found = {}
-  for path in Path(workdir).iterdir():
-    match = SEED_DIR.match(path.name)
-    if match and path.is_dir() and any((path / r / "metrics.jsonl").exists() for r in REGIMES):
-      found[int(match[1])] = path
-  return dict(sorted(found.items()))
+def seeds_with_runs(workdir: Path) -> dict[int, Path]:
+  """{seed: WORKDIR/seed<seed>} for every seed folder that holds at least one regime's run."""
+  return seed_dirs(workdir, lambda path: any((path / r / "metrics.jsonl").exists() for r in REGIMES))
 
 
 def epochs_to_99(curve: list[dict]) -> int:
@@ -174,7 +167,7 @@ def worth_epochs(summaries: dict[int, dict]) -> dict:
 def collect(workdir: Path) -> tuple[dict, dict, dict, list]:
   """(per-seed numbers of the finished runs, per-seed report summaries, per-layer % masked over
   seeds, the unfinished runs)."""
-  summaries = {seed: summarize(path) for seed, path in seed_dirs(workdir).items()}
+  summaries = {seed: summarize(path) for seed, path in seeds_with_runs(workdir).items()}
   if not summaries:
     raise FileNotFoundError(f"{workdir} holds no seed<N>/ run directories")
   per_seed, unfinished = {}, []
@@ -215,7 +208,7 @@ def write_report(workdir: str | Path) -> Path:
                     for m in s["regimes"][r]["curve"]) for r in REGIMES}
   seconds = {r: v for r, v in seconds.items() if v}
   missing = [seed for seed in planned_seeds(workdir) if seed not in summaries]
-  config_path = next(iter(seed_dirs(workdir).values())) / "mask" / "config.json"
+  config_path = next(iter(seeds_with_runs(workdir).values())) / "mask" / "config.json"
   config = read_config(config_path.parent) if config_path.exists() else {}
   study.update(per_seed=per_seed, layers=list(layers.values()), epoch_seconds=seconds,
                config=config, jax_version=jax.__version__, machine=machine(),
@@ -358,7 +351,7 @@ def contrasts_markdown(study: dict) -> list[str]:
                + ", ".join(f"{100 * v:+.2f}" for v in best["values"]) + " |")
   v = study["verdict"]
   says = lambda x: {True: "yes", False: "no", None: "not decidable (contrast missing or n < 2)"}[x]
-  out += ["", f"Verdict of the decision rule (primary endpoint: test accuracy at the best epoch):", "",
+  out += ["", "Verdict of the decision rule (primary endpoint: test accuracy at the best epoch):", "",
           f"- a better initialization (C2 > 0 and C3 > 0, intervals excluding 0): "
           f"**{says(v['better_initialization'])}**",
           f"- a head start not worth its cost (C1 or C3 > 0, C2 not > 0): "

@@ -7,18 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from smjax import checkpoint, masking
-from smjax.workdir import read_config, read_metrics
+from smjax.config import best_metric
+from smjax.workdir import best_line, read_config, read_metrics  # noqa: F401  (best_line re-exported)
 
 REGIMES = ("mask", "weight", "finetune", "finetune_original", "finetune_random",
            "finetune_reinit", "weight_original")
 COLORS = {"mask": "tab:blue", "weight": "tab:orange", "finetune": "tab:green",
           "finetune_original": "tab:red", "finetune_random": "tab:purple",
           "finetune_reinit": "tab:gray", "weight_original": "tab:brown"}
-
-
-def best_line(lines: list[dict], metric: str) -> dict:
-  """The epoch a run's best checkpoint holds: highest `metric`, latest on ties (as orbax)."""
-  return max(lines, key=lambda m: (m[metric], m["epoch"]))
 
 
 def summarize(workdir: Path) -> dict:
@@ -29,7 +25,7 @@ def summarize(workdir: Path) -> dict:
     if not lines:
       continue
     config = read_config(workdir / regime)
-    metric = "test_accuracy" if config["protocol"] == "original" else "val_accuracy"
+    metric = best_metric(config["protocol"])
     best = best_line(lines, metric)
     regimes[regime] = {"epochs": len(lines), "best_on": metric, "best_epoch": best["epoch"],
                        "best_val_accuracy": best["val_accuracy"],

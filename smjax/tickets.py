@@ -29,8 +29,9 @@ from smjax.config import Config, best_metric
 from smjax.pruning import (RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET,  # noqa: F401
                            magnitude_masks, random_masks)
 from smjax.statistics import mean_std
-from smjax.workdir import (RunError, check_same_network, read_config, read_metrics,
-                           replaced_atomically, wall_clock, wall_clock_text, write_json_atomic)
+from smjax.workdir import (RunError, best_line, check_same_network, read_config, read_metrics,
+                           replaced_atomically, seed_dirs, wall_clock, wall_clock_text,
+                           write_json_atomic)
 
 CONTROLS = {"reinit": ("same mask, random reinit", "tab:gray"),
             "random": ("random mask, same layer densities", "tab:red")}
@@ -96,7 +97,6 @@ def round_configs(config: Config, workdir: Path) -> dict[str, Config]:
 def _run_row(run_dir: Path) -> dict | None:
   """A finished round's numbers (None while it is unfinished)."""
   from smjax import inspect, study
-  from smjax.summary import best_line
   metrics = read_metrics(run_dir)
   if not (run_dir / "config.json").exists():
     return None
@@ -111,16 +111,15 @@ def _run_row(run_dir: Path) -> dict | None:
           "seconds": sum(m["seconds"] for m in metrics)}
 
 
-def seed_dirs(workdir: Path) -> dict[int, Path]:
-  """{seed: WORKDIR/seed<seed>} for every seed directory that holds a ticket round."""
-  return {int(p.name[4:]): p for p in sorted(Path(workdir).glob("seed*"))
-          if p.name[4:].isdigit() and (p / "round0").is_dir()}
+def seeds_with_rounds(workdir: Path) -> dict[int, Path]:
+  """{seed: WORKDIR/seed<seed>} for every seed folder that holds ticket rounds."""
+  return seed_dirs(workdir, lambda path: (path / "round0").is_dir())
 
 
 def collect(workdir: Path) -> dict:
   """{'round<R>' or 'round<R>_<control>': {seed: row}} over the finished runs."""
   rows = {}
-  for seed, seed_dir in seed_dirs(workdir).items():
+  for seed, seed_dir in seeds_with_rounds(workdir).items():
     for run_dir in sorted(seed_dir.glob("round*")):
       row = _run_row(run_dir)
       if row is not None:
@@ -138,7 +137,7 @@ def supermask_rows(workdir: Path, supermask_studies: list[Path]) -> list[dict]:
   tickets = collect(workdir)
   rows = []
   for study_dir in map(Path, supermask_studies):
-    for seed, seed_dir in study.seed_dirs(study_dir).items():
+    for seed, seed_dir in study.seeds_with_runs(study_dir).items():
       regimes = summarize(seed_dir)["regimes"]
       if "mask" not in regimes:
         continue

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from smjax.config import Config
 
@@ -245,6 +245,21 @@ def finished(config: Config, workdir: Path) -> bool:
   metrics = read_metrics(workdir)
   return (len(metrics) >= config.epochs and
           (workdir / "checkpoints" / str(metrics[-1]["step"])).is_dir())
+
+
+def seed_dirs(workdir: str | os.PathLike, holds: Callable[[Path], bool]) -> dict[int, Path]:
+  """{seed: WORKDIR/seed<seed>}, in seed order, for every seed folder for which `holds` is true
+  (the one rule for the seed folders of studies and ticket rounds)."""
+  found = {int(p.name[4:]): p for p in Path(workdir).glob("seed*")
+           if p.name[4:].isdigit() and p.is_dir() and holds(p)}
+  return dict(sorted(found.items()))
+
+
+def best_line(lines: list[dict], metric: str, order: str = "epoch") -> dict:
+  """The line a run's best checkpoint holds: the highest `metric`, the latest (by `order`) on
+  ties, as orbax keeps it. The one rule for the best epoch: training, reports and checkpoint
+  reading all use it."""
+  return max(lines, key=lambda m: (m[metric], m[order]))
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

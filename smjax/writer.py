@@ -39,8 +39,8 @@ class RunWriter:
       self._events = SummaryWriter(str(self.workdir), purge_step=resumed_at or None)
 
   def is_new_best(self, line: dict) -> bool:
-    """Whether `line` becomes the best checkpoint (the latest wins ties, as in orbax)."""
-    return all(line[self.metric] >= m[self.metric] for m in self.lines)
+    """Whether `line` becomes the best checkpoint (`workdir.best_line`'s rule)."""
+    return workdir_lib.best_line(self.lines + [line], self.metric) is line
 
   def steps(self, first_step: int, history: list) -> None:
     """The training loss of every `every_steps`-th step of `history` ([loss, accuracy] per

@@ -13,7 +13,6 @@ import pytest
 
 from experiments import digits
 from smjax import checkpoint, cli, data, masking, models, pruning, run, statistics, study
-from smjax import train as train_lib
 
 SETS = ["model=lenet300-100", "batch_size=64", "epochs=2", "finetune_epochs=2", "val_size=100",
         "finetune_controls=random,reinit", "equal_compute=true", "original_finetune=true",

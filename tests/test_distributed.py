@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from smjax import checkpoint, run
+from smjax import checkpoint, distributed, run
 
 ROOT = Path(__file__).parents[1]
 SETS = ["model=lenet300-100", "batch_size=32", "epochs=4", "val_size=100"]
@@ -27,18 +27,18 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(workdir, devices, *extra, process=None):
+def start(workdir, devices, *extra, env=None):
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "PYTHONUNBUFFERED": "1"}
+         "PYTHONUNBUFFERED": "1", **(env or {})}
   return subprocess.Popen([sys.executable, "-m", "experiments.digits", "--workdir", str(workdir),
                            *ARGS, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 
-def start_two(workdir, port=None, *extra):
+def start_two(workdir, port=None, *extra, env=None):
   port = port or free_port()
   cluster = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--distributed-timeout", "20"]
-  return [start(workdir, 2, *cluster, "--process-id", str(i), *extra) for i in (0, 1)]
+  return [start(workdir, 2, *cluster, "--process-id", str(i), *extra, env=env) for i in (0, 1)]
 
 
 def finish(procs, timeout=240):
@@ -145,3 +145,17 @@ def test_a_process_left_alone_is_one_error_line_in_bounded_time(tmp_path):
   assert proc.returncode == 2, err[-2000:]
   lines = err.strip().splitlines()
   assert len(lines) == 1 and "did not all join" in lines[0], err[-2000:]
+
+
+def test_the_processes_agree_on_stopping_every_few_steps_not_at_each(tmp_path):
+  """Each agreement is a cross-process gather that waits for both processes; counted by
+  tests/helpers/count_gathers in each process."""
+  helper = str(ROOT / "tests" / "helpers" / "count_gathers")
+  paths = os.pathsep.join(p for p in (helper, os.environ.get("PYTHONPATH")) if p)
+  finish(start_two(tmp_path / "run", env={"PYTHONPATH": paths,
+                                          "COUNT_GATHERS_TO": str(tmp_path / "gathers")}))
+  lines = run.read_metrics(tmp_path / "run")
+  steps = lines[0]["step"]  # per epoch
+  gathers = [int(p.read_text()) for p in tmp_path.glob("gathers.*")]
+  assert len(gathers) == 2 and gathers[0] == gathers[1]
+  assert gathers[0] == len(lines) * (steps // distributed.AGREE_EVERY_STEPS) < len(lines) * steps

@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import chex
-import jax
-import numpy as np
 import pytest
 
 from experiments import digits

@@ -1,5 +1,6 @@
 """End-to-end runs on digits with tiny models and few epochs."""
 
+import contextlib
 import json
 import struct
 
@@ -10,6 +11,7 @@ import pytest
 
 from experiments import digits
 from smjax import checkpoint, cli, data, models, run
+from smjax import train as train_lib
 from smjax import workdir as workdir_lib
 
 TINY = digits.get_config().replace(model="lenet300-100", batch_size=64, epochs=2,
@@ -198,3 +200,54 @@ def test_explicit_settings_are_never_replaced_by_what_a_regime_derives(monkeypat
   expected = {"finetune": ("sgd", 0.01), "finetune_original": ("adam", 1e-5)}[regime]
   assert (derived.optimizer, derived.lr, derived.epochs) == (*expected, 30)
   assert derived.mask_run == "w/mask"
+
+
+@contextlib.contextmanager
+def only_explicit_reads(monkeypatch):
+  """jax.transfer_guard_device_to_host("disallow"): implicit device-to-host reads raise,
+  `jax.device_get` is allowed. XLA:CPU does not enforce the guard (its arrays live in host
+  memory), so on CPU the same rule is enforced on `ArrayImpl._value`, through which every
+  read of an array's values goes."""
+  from jax._src.array import ArrayImpl
+  explicit = [False]
+  value, device_get = ArrayImpl._value, jax.device_get
+
+  def guarded(self):
+    if not explicit[0]:
+      raise RuntimeError("Disallowed device-to-host transfer (implicit read)")
+    return value.fget(self)
+
+  def allowed(tree):
+    explicit[0] = True
+    try:
+      return device_get(tree)
+    finally:
+      explicit[0] = False
+
+  monkeypatch.setattr(ArrayImpl, "_value", property(guarded))
+  monkeypatch.setattr(jax, "device_get", allowed)
+  with jax.transfer_guard_device_to_host("disallow"):
+    yield
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 8])
+def test_an_epoch_reads_nothing_from_the_devices_until_its_end(steps_per_call, monkeypatch):
+  """No implicit device-to-host read inside the epoch loop (each would wait for the step and
+  stall JAX's asynchronous dispatch); its one read is the explicit `device_get` of the epoch's
+  per-step metrics at the end."""
+  config = TINY.replace(mode="mask", epochs=1, steps_per_call=steps_per_call)
+  dataset = data.load("digits", val_size=100)
+  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  steps = data.steps_per_epoch(dataset.train, config.batch_size)
+  state = train_lib.create_state(jax.random.key(0), model, dataset.input_shape, config,
+                                 steps_per_epoch=steps)
+  step = train_lib.make_train_step(model, config, train_lib.AXIS)
+  if steps_per_call > 1:
+    step = train_lib.make_multi_train_step(step)
+  p_step, pstate = train_lib.pmap_train_step(step), train_lib.replicate(state)
+  with only_explicit_reads(monkeypatch):
+    pstate, history, finished = run.train_epoch(p_step, pstate, dataset, config, 1,
+                                                jax.random.key(2), 0, [], progress=False)
+    with pytest.raises(Exception, match="Disallowed"):  # the guard is on: an implicit read fails
+      float(pstate.step[0])
+  assert finished and len(history) == steps
