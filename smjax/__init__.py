@@ -7,8 +7,8 @@ import importlib
 
 SUBMODULES = ("augment", "checkpoint", "cli", "config", "data", "dataset_files", "distributed",
               "inspect", "masking", "models", "optim", "parallel", "provenance", "pruning",
-              "report", "run", "runtime", "statistics", "stopping", "study", "summary", "tickets",
-              "train", "workdir", "writer")
+              "report", "reports", "run", "runtime", "statistics", "stopping", "tickets", "train",
+              "workdir", "writer")
 
 
 def __getattr__(name: str):

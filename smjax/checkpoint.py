@@ -246,15 +246,3 @@ def read_meta(path: str | os.PathLike, step: int) -> dict:
     return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
   except Exception as err:
     raise CheckpointError(_unreadable(Path(manager.directory) / str(step), err)) from err
-
-
-def mask_history(path: str | os.PathLike) -> list[dict]:
-  """Per saved checkpoint, oldest first: step, epoch and the per-layer mask table."""
-  from smjax import masking
-  rows = []
-  for step in steps(path):
-    restored = restore(path, step=step)
-    meta = restored["meta"]
-    rows.append({"step": step, "epoch": meta.get("epoch"), "partial": bool(meta.get("partial")),
-                 "layers": masking.layer_stats(restored["masks"], meta.get("layers"))})
-  return rows

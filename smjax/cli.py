@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from smjax import checkpoint, config as config_lib, data, distributed, run, runtime
+from smjax import checkpoint, config as config_lib, data, distributed, report, run, runtime
 from smjax import workdir as workdir_lib
 
 
@@ -214,21 +214,31 @@ def _checkpoint_mib(path: Path) -> str:
 
 
 def _dispatch(config: config_lib.Config, workdir: Path, name: str, argv, args) -> None:
-  """Trains what the command asks for in `workdir` (its lock held)."""
-  if args.regime == "tickets":
-    _record_command(workdir, name, argv)
-    distributed.say(f"report: {run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite, jobs=args.jobs)}")
-  elif args.seeds:
-    _record_command(workdir, name, argv)
-    distributed.say(f"report: {run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite, jobs=args.jobs)}")
-  elif args.regime == "all":
-    run.train_all(config, workdir, overwrite=args.overwrite, jobs=args.jobs)
-    distributed.say(f"report: {workdir / 'report' / 'summary.md'}")
-  else:
-    single = run.regime_configs(config, workdir.parent)[args.regime]
-    # What the user set explicitly is not replaced by what the regime derives: with
-    # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
-    # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
-    explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
-    single = single.replace(**{k: getattr(config, k) for k in explicit})
-    run.train(single, workdir, overwrite=args.overwrite, name=args.regime)
+  """Trains what the command asks for in `workdir` (its lock held), then writes the report."""
+  if args.regime in ("all", "tickets") or args.seeds:
+    if args.regime == "tickets":
+      _record_command(workdir, name, argv)
+      run.train_tickets(config, workdir, args.seeds or [config.seed], overwrite=args.overwrite,
+                        jobs=args.jobs)
+    elif args.seeds:
+      _record_command(workdir, name, argv)
+      run.train_seeds(config, workdir, args.seeds, overwrite=args.overwrite, jobs=args.jobs)
+    else:
+      run.train_all(config, workdir, overwrite=args.overwrite, jobs=args.jobs)
+    distributed.say(f"report: {_write_report(workdir)}")
+    return
+  single = run.regime_configs(config, workdir.parent)[args.regime]
+  # What the user set explicitly is not replaced by what the regime derives: with
+  # --regime finetune, --set lr / epochs / optimizer are the fine-tune's own, and
+  # --set mask_run picks a mask run other than the sibling WORKDIR/../mask.
+  explicit = [k for k in run.DERIVED_FIELDS if any(o.startswith(k + "=") for o in args.overrides)]
+  single = single.replace(**{k: getattr(config, k) for k in explicit})
+  run.train(single, workdir, overwrite=args.overwrite, name=args.regime)
+
+
+def _write_report(workdir: Path) -> Path:
+  """The report of what `workdir` holds, written by process 0 alone; its summary.md."""
+  path = (report.write_report(workdir) if distributed.is_writer()
+          else workdir / "report" / "summary.md")
+  distributed.barrier("report written")
+  return path

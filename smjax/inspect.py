@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from smjax import checkpoint, masking, provenance
+from smjax.reports import masks
 from smjax.config import best_metric
 from smjax.workdir import RunError, read_config, read_metrics
 
@@ -42,17 +43,6 @@ def resolve(workdir: str | Path) -> Path:
   if (workdir / "mask" / "config.json").exists():
     return workdir / "mask"
   raise checkpoint.CheckpointError(f"{workdir} is not a run directory (no config.json)")
-
-
-def mask_table(run_dir: Path, step: int | None = None) -> dict:
-  """{'step', 'epoch', 'masked_fraction', 'layers': [...]} of one checkpoint (default: best)."""
-  restored = checkpoint.restore(run_dir, step=step)
-  layers = masking.layer_stats(restored["masks"], restored["meta"].get("layers"))
-  total = sum(layer["n_weights"] for layer in layers)
-  zeros = sum(layer["n_weights"] * layer["masked_fraction"] for layer in layers)
-  return {"step": restored["step"], "epoch": restored["meta"].get("epoch"),
-          "masked_fraction": zeros / total if total else 0.0, "n_weights": total,
-          "layers": layers}
 
 
 def _pct(value) -> str:
@@ -89,7 +79,7 @@ def describe(run_dir: Path, step: int | None) -> str:
     tags = ("best " if s == best else "") + ("latest" if s == saved[-1] else "")
     out.append(f"{s:>10}  {epoch:>5}  {_pct(m.get('val_accuracy'))}  {_pct(m.get('test_accuracy'))}"
                f"  {_pct(m.get('masked_fraction'))}  {tags if m else 'mid-epoch (stopped)'}")
-  table = mask_table(run_dir, step)
+  table = masks.mask_table(run_dir, step)
   out += ["", f"mask of checkpoint {table['step']} (epoch {table['epoch']}):",
           f"{'layer':40s} {'shape':>16s} {'weights':>12s}   masked"]
   for layer in table["layers"]:
@@ -140,11 +130,9 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   path.write_bytes(serialization.msgpack_serialize(variables))
+  layer_rows = masking.layer_stats(restored["masks"], restored["meta"].get("layers"))
   layers = [{"name": layer["name"], "shape": layer["shape"], "n_weights": layer["n_weights"],
-             "density": 1 - layer["masked_fraction"]}
-            for layer in masking.layer_stats(restored["masks"], restored["meta"].get("layers"))]
-  kept = sum(layer["n_weights"] * layer["density"] for layer in layers)
-  total = sum(layer["n_weights"] for layer in layers)
+             "density": 1 - layer["masked_fraction"]} for layer in layer_rows]
   given = restored["meta"].get("input") or _built_in_input(stored["dataset"])
   config = config_lib.Config(**{k: v for k, v in stored.items()
                                 if k in config_lib.Config.__dataclass_fields__})
@@ -163,7 +151,7 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
           "output": f"logits [batch, {given['num_classes']}]",
           "stablehlo": {"file": path.name + ".stablehlo", "platforms": list(exported.platforms),
                         "run": "jax.export.deserialize(open(FILE, 'rb').read()).call(images)"},
-          "density": kept / total if total else 1.0, "layers": layers}
+          "density": 1 - masks.masked_share(layer_rows), "layers": layers}
   path.with_name(path.name + ".json").write_text(json.dumps(info, indent=1) + "\n")
   return info
 
@@ -269,10 +257,10 @@ def main(argv=None) -> int:
       result = compare(run_dir, resolve(args.compare), args.step)
       print(json.dumps(result) if args.json else _compare_text(result))
     elif args.history:
-      history = checkpoint.mask_history(run_dir)
+      history = masks.mask_history(run_dir)
       print(json.dumps(history) if args.json else _history_text(history))
     elif args.json:
-      print(json.dumps(mask_table(run_dir, args.step)))
+      print(json.dumps(masks.mask_table(run_dir, args.step)))
     else:
       print(describe(run_dir, args.step))
   except (checkpoint.CheckpointError, RunError, ValueError, OSError, ImportError) as err:

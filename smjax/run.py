@@ -1,9 +1,11 @@
 """The epoch loop and its side effects: checkpoints, metrics, progress, signals.
 
     train(config, workdir)       one mode (mask | weight | finetune) in one run directory
-    train_all(config, workdir)   mask, weight (same init) and finetune from mask's best, then the report
-    train_seeds(config, workdir, seeds)   train_all per seed, then the aggregated report
-    train_tickets(config, workdir, seeds) lottery-ticket rounds per seed, then their report
+    train_all(config, workdir)   mask, weight (same init) and finetune from mask's best
+    train_seeds(config, workdir, seeds)   train_all per seed
+    train_tickets(config, workdir, seeds) lottery-ticket rounds per seed
+
+Their reports: `smjax.report.write_report(workdir)` (the commands write them after training).
 
 The last three take `jobs`: how many runs train at once, each in its own process on its own
 share of the CPU cores (smjax/parallel.py).
@@ -25,14 +27,14 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import (checkpoint, data, distributed, models, optim, provenance, pruning, summary,
-                   tickets, train as train_lib, workdir as workdir_lib)
+from smjax import (checkpoint, data, distributed, models, optim, provenance, pruning, tickets,
+                   train as train_lib, workdir as workdir_lib)
 from smjax.config import FINETUNE_CONTROLS, Config, best_metric, validate
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 from smjax.writer import RunWriter
 
-REGIME_CHOICES = summary.REGIMES + ("all", "tickets")  # what --regime takes
+REGIME_CHOICES = workdir_lib.REGIMES + ("all", "tickets")  # what --regime takes
 
 
 # --------------------------------------------------------------------------
@@ -425,48 +427,34 @@ def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = Fal
 
 def train_all(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False,
               jobs: int = 1) -> None:
-  """mask, weight and finetune-from-mask's-best (and finetune_original) in WORKDIR/<regime>,
-  then the report. Finished runs are not started again."""
-  from smjax import report
+  """mask, weight and finetune-from-mask's-best (and the regimes config turns on) in
+  WORKDIR/<regime>/ (`smjax.report.write_report` writes their report). Finished runs are not
+  started again."""
   workdir = Path(workdir)
   configs = regime_configs(config, workdir)
   train_runs({workdir / r: configs[r] for r in all_regimes(config)}, jobs=jobs, overwrite=overwrite)
-  _write_report(report.write_report, workdir)
-
-
-def _write_report(write, workdir: Path) -> Path:
-  """The report, written by process 0 alone; the path of its summary.md."""
-  path = write(workdir) if distributed.is_writer() else workdir / "report" / "summary.md"
-  distributed.barrier("report written")
-  return path
 
 
 def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
-                  overwrite: bool = False, jobs: int = 1) -> Path:
+                  overwrite: bool = False, jobs: int = 1) -> None:
   """Every ticket round of every seed in WORKDIR/seed<N>/round<R>[_reinit]/ (see
-  `smjax.tickets`), then the report; returns its summary.md. Finished rounds are skipped."""
+  `smjax.tickets`). Finished rounds are skipped."""
   workdir = Path(workdir)
   train_runs({workdir / f"seed{seed}" / name: cfg for seed in seeds
               for name, cfg in tickets.round_configs(config.replace(seed=seed),
                                                      workdir / f"seed{seed}").items()},
              jobs=jobs, overwrite=overwrite, study=workdir)
-  return _write_report(tickets.write_report, workdir)
 
 
 def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
-                overwrite: bool = False, jobs: int = 1) -> Path:
-  """`--regime all` once per seed in WORKDIR/seed<N>/, then each seed's report and the
-  aggregated one in WORKDIR/report/; returns its summary.md. Rerunning resumes; finished runs
-  are skipped."""
-  from smjax import report, study
+                overwrite: bool = False, jobs: int = 1) -> None:
+  """`--regime all` once per seed in WORKDIR/seed<N>/. Rerunning resumes; finished runs are
+  skipped."""
   workdir = Path(workdir)
   runs = {}
   for seed in seeds:
     configs = regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
     runs.update({workdir / f"seed{seed}" / r: configs[r] for r in all_regimes(config)})
   if distributed.is_writer():
-    study.record_seeds(workdir, seeds)
+    workdir_lib.record_seeds(workdir, seeds)
   train_runs(runs, jobs=jobs, overwrite=overwrite, study=workdir)
-  for seed in seeds:
-    _write_report(report.write_report, workdir / f"seed{seed}")
-  return _write_report(study.write_report, workdir)

@@ -24,6 +24,9 @@ class RunError(RuntimeError):
   """A run that must not start or go on (conflicting workdir, missing mask run, NaN loss...)."""
 
 
+# The runs of one initialization, each WORKDIR/<regime>/, in the order they start and report.
+REGIMES = ("mask", "weight", "finetune", "finetune_original", "finetune_random",
+           "finetune_reinit", "weight_original")
 LOCK_FILE = ".lock"
 PROVENANCE_FILE = "provenance.json"  # smjax.provenance's
 _held: dict[Path, int] = {}  # this process's locks: path -> open file descriptor
@@ -253,6 +256,18 @@ def seed_dirs(workdir: str | os.PathLike, holds: Callable[[Path], bool]) -> dict
   found = {int(p.name[4:]): p for p in Path(workdir).glob("seed*")
            if p.name[4:].isdigit() and p.is_dir() and holds(p)}
   return dict(sorted(found.items()))
+
+
+def planned_seeds(study: str | os.PathLike) -> list[int]:
+  """The seeds a study's commands asked for (STUDY/seeds.json), [] if none recorded."""
+  path = Path(study) / "seeds.json"
+  return json.loads(path.read_text()) if path.exists() else []
+
+
+def record_seeds(study: str | os.PathLike, seeds: list[int]) -> None:
+  """Adds `seeds` to STUDY/seeds.json, so a report names the seeds that have no runs yet."""
+  Path(study).mkdir(parents=True, exist_ok=True)
+  write_json_atomic(Path(study) / "seeds.json", sorted(set(planned_seeds(study)) | set(seeds)))
 
 
 def best_line(lines: list[dict], metric: str, order: str = "epoch") -> dict:

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import digits
-from smjax import checkpoint, cli, data, masking, models, pruning, run, statistics, study
+from smjax import checkpoint, cli, data, masking, models, pruning, run, statistics
+from smjax import workdir as workdir_lib
+from smjax.reports import study
 
 SETS = ["model=lenet300-100", "batch_size=64", "epochs=2", "finetune_epochs=2", "val_size=100",
         "finetune_controls=random,reinit", "equal_compute=true", "original_finetune=true",
@@ -215,7 +217,7 @@ def test_a_half_finished_study_is_reported_as_such(every_arm, tmp_path):
   shutil.copytree(every_arm, workdir, ignore=shutil.ignore_patterns("report"))
   metrics = workdir / "seed1" / "finetune" / "metrics.jsonl"
   metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
-  study.record_seeds(workdir, [7])
+  workdir_lib.record_seeds(workdir, [7])
   study.write_report(workdir)
   result = json.loads((workdir / "report" / "study.json").read_text())
   assert result["unfinished"] == [{"seed": 1, "regime": "finetune", "epochs": 1, "planned": 2}]

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import digits
 from smjax import checkpoint, cli, inspect, masking
+from smjax.reports import masks
 
 SETS = ["model=lenet300-100", "batch_size=64", "epochs=2", "finetune_epochs=2", "val_size=100",
         "score_init=kaiming_uniform"]
@@ -35,7 +36,7 @@ def main_out(capsys, *argv):
 
 def test_table_matches_masks_from_restored_scores(runs):
   run_dir = runs["seed0"] / "mask"
-  table = inspect.mask_table(run_dir)
+  table = masks.mask_table(run_dir)
   restored = checkpoint.restore(run_dir)
   # threshold estimator: the evaluation mask is sigmoid(s) > 0.5, i.e. s > 0
   from_scores = jax.tree.map(lambda s: s > 0, restored["state"]["trainable"]["scores"])
@@ -48,10 +49,10 @@ def test_table_matches_masks_from_restored_scores(runs):
 
 def test_finetune_and_weight_tables(runs):
   ft = checkpoint.restore(runs["seed0"] / "finetune")
-  table = inspect.mask_table(runs["seed0"] / "finetune")
+  table = masks.mask_table(runs["seed0"] / "finetune")
   assert table["layers"] == masking.layer_stats(
       jax.tree.map(lambda m: m != 0, ft["state"]["masks"]), ft["meta"]["layers"])
-  assert inspect.mask_table(runs["seed0"] / "weight")["masked_fraction"] == 0.0
+  assert masks.mask_table(runs["seed0"] / "weight")["masked_fraction"] == 0.0
 
 
 def test_text_and_json_output(runs, capsys):

@@ -56,6 +56,29 @@ def test_no_import_cycles():
       visit(node, [])
 
 
+def imports_matplotlib(module: str) -> bool:
+  path = ROOT / (module.replace(".", "/") + ".py")
+  path = path if path.exists() else path.with_suffix("") / "__init__.py"
+  return any(isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+      (getattr(node, "module", None) or alias.name).startswith("matplotlib") for alias in node.names)
+      for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_nothing_that_trains_imports_a_report_or_a_plot():
+  """Training (the epoch loop, the steps, the workers), and everything it imports even inside a
+  function, never reaches smjax.reports, the report command or matplotlib."""
+  graph = import_graph()
+  seen, todo = set(), ["smjax.run", "smjax.train", "smjax.parallel", "smjax.tickets"]
+  while todo:
+    module = todo.pop()
+    if module not in seen:
+      seen.add(module)
+      todo += graph.get(module, ())
+  assert not {m for m in seen if m.startswith("smjax.report")}, sorted(seen)
+  assert not [m for m in seen if imports_matplotlib(m)]
+  assert any(imports_matplotlib(m) for m in graph if m.startswith("smjax.reports."))  # can fail
+
+
 def test_import_smjax_is_lazy_and_gives_the_submodules():
   code = ("import sys, smjax; assert 'jax' not in sys.modules, 'jax imported eagerly'; "
           "assert callable(smjax.masking.threshold_ste) and callable(smjax.train.make_train_step); "

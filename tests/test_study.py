@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from experiments import digits
-from smjax import checkpoint, cli, data, provenance, report, study, summary
+from smjax import checkpoint, cli, data, provenance, report
+from smjax.reports import study
+from smjax.workdir import REGIMES
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
 
@@ -80,13 +82,13 @@ def test_two_seed_study_end_to_end_resumes_and_rebuilds(tmp_path, monkeypatch, c
   files = {"summary.md", "study.json", "curves.png", "total_epochs.png", "mask_utilization.png"}
   assert {p.name for p in (tmp_path / "report").iterdir()} == files
   result = json.loads((tmp_path / "report" / "study.json").read_text())
-  assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(summary.REGIMES[:4])
+  assert result["seeds"] == [0, 1] and set(result["regimes"]) == set(REGIMES[:4])
   assert result["paired_vs_weight"]["finetune"]["n"] == 2
   assert result["command"].startswith("python -m experiments.digits --workdir")
   assert result["wall_clock"]["commands"] == 1 and result["wall_clock"]["seconds"] > 0
   assert "Wall-clock of the training: " in (tmp_path / "report" / "summary.md").read_text()
   # every run's provenance, as its provenance.json holds it
-  runs = {f"seed{s}/{r}" for s in (0, 1) for r in summary.REGIMES[:4]}
+  runs = {f"seed{s}/{r}" for s in (0, 1) for r in REGIMES[:4]}
   assert set(result["provenance"]) == runs
   for name in runs:
     assert result["provenance"][name] == provenance.read(tmp_path / name) != []

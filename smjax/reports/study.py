@@ -13,7 +13,6 @@ with a ±1 std band; the per-layer % masked of the best masks with its spread.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -25,11 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from smjax import provenance  # noqa: E402
+from smjax.reports.runs import COLORS, REGIMES, best_line, summarize  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
                               paired_interval)
-from smjax.summary import COLORS, REGIMES, best_line, summarize  # noqa: E402
-from smjax.workdir import (read_config, replaced_atomically, seed_dirs, wall_clock,  # noqa: E402
-                           wall_clock_text, write_json_atomic)
+from smjax.workdir import (planned_seeds, read_config, replaced_atomically, seed_dirs,  # noqa: E402
+                           wall_clock, wall_clock_text, write_json_atomic)
 
 RUN_NUMBERS = ("best_test_accuracy", "final_test_accuracy", "last3_test_accuracy", "epochs_to_99",
                "masked_fraction", "sampled_test_accuracy")
@@ -182,18 +181,6 @@ def collect(workdir: Path) -> tuple[dict, dict, dict, list]:
       entry["masked"].append(layer["masked_fraction"])
   layers = {name: {**v, "masked_fraction": mean_std(v.pop("masked"))} for name, v in layers.items()}
   return per_seed, summaries, layers, unfinished
-
-
-def planned_seeds(workdir: Path) -> list[int]:
-  """The seeds the study's commands asked for (WORKDIR/seeds.json), [] if none recorded."""
-  path = Path(workdir) / "seeds.json"
-  return json.loads(path.read_text()) if path.exists() else []
-
-
-def record_seeds(workdir: Path, seeds: list[int]) -> None:
-  """Adds `seeds` to WORKDIR/seeds.json, so a report names the seeds that have no runs yet."""
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  write_json_atomic(Path(workdir) / "seeds.json", sorted(set(planned_seeds(workdir)) | set(seeds)))
 
 
 def write_report(workdir: str | Path) -> Path:

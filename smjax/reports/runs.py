@@ -1,6 +1,6 @@
 """What a `--regime all` directory holds, as numbers: per regime its metrics, best and final
-epochs, and the layer table of the best mask. `smjax.report` draws it; `smjax.study`
-aggregates it over seeds."""
+epochs, and the layer table of the best mask. `reports.run_report` draws it;
+`reports.study` aggregates it over seeds."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 
 from smjax import checkpoint, masking
 from smjax.config import best_metric
-from smjax.workdir import best_line, read_config, read_metrics  # noqa: F401  (best_line re-exported)
+from smjax.workdir import REGIMES, best_line, read_config, read_metrics
 
-REGIMES = ("mask", "weight", "finetune", "finetune_original", "finetune_random",
-           "finetune_reinit", "weight_original")
 COLORS = {"mask": "tab:blue", "weight": "tab:orange", "finetune": "tab:green",
           "finetune_original": "tab:red", "finetune_random": "tab:purple",
           "finetune_reinit": "tab:gray", "weight_original": "tab:brown"}
