@@ -37,7 +37,7 @@ def _median_seconds(fn, repeats: int) -> float:
 def measure(config: Config, dataset: data.Dataset, steps: int, repeats: int) -> dict:
   """Seconds of `steps` training steps (run loop; per-step jit), of one evaluation of val and
   test, and of one checkpoint save, for one mode."""
-  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  model = models.from_config(config, dataset.num_classes)
   steps_per_epoch = data.steps_per_epoch(dataset.train, config.batch_size)
   state = train.create_state(jax.random.key(config.seed), model, dataset.input_shape, config,
                              steps_per_epoch=steps_per_epoch)

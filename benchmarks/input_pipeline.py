@@ -88,7 +88,7 @@ def epoch_vs_steps(model_name: str, dataset_name: str, dataset: data.Dataset, ba
   config = with_overrides(Config(model=model_name, dataset=dataset_name, mode="mask",
                                  batch_size=batch, epochs=rounds + 1, flip=True,
                                  max_translate=0.1, max_rotate=15.0, dtype=dtype), overrides)
-  model = models.get(model_name, 10, **config.model_kwargs())
+  model = models.get(model_name, 10, **models.options(config))
   steps = data.steps_per_epoch(dataset.train, batch)
   state = train.create_state(jax.random.key(0), model, dataset.input_shape, config)
   p_step = train.pmap_train_step(train.make_train_step(model, config, train.AXIS))

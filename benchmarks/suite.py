@@ -34,7 +34,7 @@ from jax.extend import core as jax_core
 
 from benchmarks.common import RUNTIME, interleaved, machine, write_report
 from smjax import config as config_lib
-from smjax import masking, models, runtime, train
+from smjax import masking, models, run, runtime, train
 from smjax.config import Config
 from smjax.models import winograd
 
@@ -93,7 +93,7 @@ def synthetic_batch(batch: int, shape, k: int | None = None) -> dict:
 
 def step_matmul_flops(config: Config, shape) -> int:
   """FLOPs of the dots and convolutions in one train step's jaxpr (traced, not compiled)."""
-  model = models.get(config.model, 10, **config.model_kwargs())
+  model = models.from_config(config, 10)
   state = jax.eval_shape(lambda: train.create_state(jax.random.key(0), model, shape, config))
   batch = {"image": jax.ShapeDtypeStruct((config.batch_size, *shape), np.uint8),
            "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32)}
@@ -108,7 +108,7 @@ class Variant:
   the same order, so they follow the same trajectory (top-k's work depends on the scores)."""
 
   def __init__(self, config: Config, shape, steps_per_call: int = 1, burst: int = 1):
-    model = models.get(config.model, 10, **config.model_kwargs())
+    model = models.from_config(config, 10)
     self.state = train.create_state(jax.random.key(0), model, shape, config)
     step = train.make_train_step(model, config)
     self.k = steps_per_call
@@ -220,7 +220,7 @@ def check_overrides(overrides: list[str], parser: argparse.ArgumentParser, flag:
       parser.error(f"{flag} {item}: the suite sets {item.partition('=')[0]} itself; "
                    "use --models, --modes, --estimators, --batch, --dtype, --conv-algorithms")
   try:
-    config_lib.validate(config_lib.with_overrides(Config(), overrides))
+    run.validate(config_lib.with_overrides(Config(), overrides))
   except ValueError as e:
     parser.error(f"{flag}: {e}")
 

@@ -25,7 +25,7 @@ from smjax.config import Config
 
 def layer_sizes(model_name: str, shape) -> list[int]:
   """Sizes of the model's maskable kernels."""
-  model = models.get(model_name, 10, **Config(model=model_name).model_kwargs())
+  model = models.from_config(Config(model=model_name), 10)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)),
                                                 train=False))
   params = variables["params"]

@@ -174,7 +174,7 @@ def _sigterm_interrupts():
 def _main(get_config, name: str, argv, args) -> int:
   try:
     config = build_config(get_config, args.overrides)
-    config_lib.validate(config)  # before a study's command.txt is written
+    run.validate(config)  # before a study's command.txt is written
     workdir = default_workdir(name, args)
     with run.writer_lock(workdir):
       _dispatch(config, workdir, name, argv, args)

@@ -102,6 +102,12 @@ def names() -> tuple[str, ...]:
   return tuple(_SOURCES)
 
 
+def check_config(config) -> None:
+  """ValueError (one line) unless `config`'s dataset is registered."""
+  from smjax.config import check_choice
+  check_choice(config, "dataset", names())
+
+
 def source(name: str) -> Source:
   """The registered `Source` of `name`; ValueError naming the known ones if none."""
   if name not in _SOURCES:

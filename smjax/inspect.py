@@ -136,7 +136,7 @@ def export_model(run_dir: Path, step: int | None, path: Path) -> dict:
   given = restored["meta"].get("input") or _built_in_input(stored["dataset"])
   config = config_lib.Config(**{k: v for k, v in stored.items()
                                 if k in config_lib.Config.__dataclass_fields__})
-  model = models.get(config.model, given["num_classes"], **config.model_kwargs())
+  model = models.from_config(config, given["num_classes"])
   exported = _export_inference(model, variables, given)
   path.with_name(path.name + ".stablehlo").write_bytes(exported.serialize())
   metrics = {m["step"]: m for m in read_metrics(run_dir)}.get(restored["step"], {})

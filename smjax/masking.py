@@ -322,6 +322,14 @@ def register_mask_rule(name: str, rule: Callable[[Path, jax.Array, Sequence[str]
   MASK_RULES[name] = rule
 
 
+def check_config(config) -> None:
+  """ValueError (one line) unless `config`'s estimator, score init and mask rule are known."""
+  from smjax.config import check_choice
+  check_choice(config, "estimator", ESTIMATORS)
+  check_choice(config, "score_init", SCORE_INITS)
+  check_choice(config, "mask_layers", tuple(MASK_RULES))
+
+
 def mask_predicate(rule: str, layers: Sequence[str]) -> Callable[[Path, jax.Array], bool]:
   """The `maskable_paths` predicate of the rule named `rule` for a model with `layers`."""
   if rule not in MASK_RULES:

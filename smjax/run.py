@@ -27,14 +27,24 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import (checkpoint, data, distributed, models, optim, provenance, pruning, tickets,
-                   train as train_lib, workdir as workdir_lib)
-from smjax.config import FINETUNE_CONTROLS, Config, best_metric, validate
+from smjax import (checkpoint, data, distributed, masking, models, optim, provenance, pruning,
+                   tickets, train as train_lib, workdir as workdir_lib)
+from smjax import config as config_lib
+from smjax.config import FINETUNE_CONTROLS, Config, best_metric
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 from smjax.writer import RunWriter
 
 REGIME_CHOICES = workdir_lib.REGIMES + ("all", "tickets")  # what --regime takes
+
+
+def validate(config: Config) -> None:
+  """Every check of a config, one ValueError line for the first that fails: its fields
+  (`config.validate`), then its dataset, masks and model against their registries."""
+  config_lib.validate(config)
+  data.check_config(config)
+  masking.check_config(config)
+  models.check_config(config)
 
 
 # --------------------------------------------------------------------------
@@ -151,6 +161,12 @@ def _evaluate(p_eval, pstate, split: data.Split | None, config: Config, key=None
           "masked_fraction": float(sums[0]["masked_fraction"][0])}
 
 
+# Waiting for the previous call before going on keeps at most two calls in flight: the device
+# always has the next step queued, and XLA:CPU's pool is never filled by steps that wait for
+# their inputs (with several host devices their collectives then deadlock: seen under load).
+MAX_CALLS_IN_FLIGHT = 2
+
+
 def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: int, key,
                 done: int, stop: list, progress: bool = True) -> tuple:
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
@@ -174,6 +190,8 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
     for batch in batches:
       pstate, metrics = p_step(pstate, batch, key)
       history.append(metrics)
+      if len(history) >= MAX_CALLS_IN_FLIGHT:
+        jax.block_until_ready(history[-MAX_CALLS_IN_FLIGHT])
       count = batch["label"].shape[1] if config.steps_per_call > 1 else 1
       done += count
       bar.update(count)
@@ -240,7 +258,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   if steps < 1:
     raise RunError(f"batch_size {config.batch_size} exceeds the {len(dataset.train)} training examples")
-  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  model = models.from_config(config, dataset.num_classes)
   state = initial_state(config, model, dataset, steps)
   distributed.say(header(config, workdir, dataset, state, tag or name))
   checkpoints = checkpoint.checkpoint_dir(workdir)

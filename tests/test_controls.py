@@ -42,7 +42,7 @@ def config_of(workdir, seed=0):
 
 def start_of(config):
   dataset = data.load("digits", val_size=100.0)
-  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  model = models.from_config(config, dataset.num_classes)
   return run.initial_state(config, model, dataset, data.steps_per_epoch(dataset.train, 64))
 
 

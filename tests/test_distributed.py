@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
-import numpy as np
 import pytest
 
 from smjax import checkpoint, distributed, run
@@ -73,8 +73,7 @@ def test_two_processes_give_the_one_process_run(runs):
     for key in ma:
       close = pytest.approx(mb[key], rel=1e-6, abs=1e-6) if isinstance(ma[key], float) else mb[key]
       assert ma[key] == close, key
-  for x, y in zip(state(runs["one"]), state(runs["two"]), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_close(state(runs["one"]), state(runs["two"]), rtol=1e-6, atol=1e-6)
   (out0, _), (out1, _) = runs["outs"]
   assert out0.count("[weight] epoch") == 4 and "[weight] epoch" not in out1  # process 0 reports
 
@@ -100,8 +99,7 @@ def test_sigterm_to_one_process_stops_both_and_all_resume(runs, tmp_path):
   assert len(run.read_metrics(tmp_path)) < 4
   finish(start_two(tmp_path))
   assert metrics(tmp_path) == metrics(runs["two"])
-  for x, y in zip(state(tmp_path), state(runs["two"]), strict=True):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(state(tmp_path), state(runs["two"]))
 
 
 def test_sigkill_of_one_process_ends_the_other_and_all_resume(runs, tmp_path):
@@ -119,8 +117,7 @@ def test_sigkill_of_one_process_ends_the_other_and_all_resume(runs, tmp_path):
   assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
   finish(start_two(tmp_path))
   assert metrics(tmp_path) == metrics(runs["two"])
-  for x, y in zip(state(tmp_path), state(runs["two"]), strict=True):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(state(tmp_path), state(runs["two"]))
 
 
 def test_an_unreachable_coordinator_is_one_error_line_in_bounded_time(tmp_path):

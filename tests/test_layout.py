@@ -79,6 +79,12 @@ def test_nothing_that_trains_imports_a_report_or_a_plot():
   assert any(imports_matplotlib(m) for m in graph if m.startswith("smjax.reports."))  # can fail
 
 
+def test_the_config_is_a_leaf():
+  """smjax/config.py imports nothing of smjax, not even inside a function."""
+  graph = import_graph()
+  assert "smjax.config" in graph and graph["smjax.config"] == set()
+
+
 def test_import_smjax_is_lazy_and_gives_the_submodules():
   code = ("import sys, smjax; assert 'jax' not in sys.modules, 'jax imported eagerly'; "
           "assert callable(smjax.masking.threshold_ste) and callable(smjax.train.make_train_step); "

@@ -38,7 +38,7 @@ def test_frozen_leaves_bit_identical_under_weight_decay_and_momentum(mode):
     params = optax.apply_updates(params, updates)
   labels = optim.partition_labels(mode)(TRAINABLE)
   for label, before, after in zip(jax.tree.leaves(labels), jax.tree.leaves(TRAINABLE),
-                                  jax.tree.leaves(params)):
+                                  jax.tree.leaves(params), strict=True):
     assert np.array_equal(before, after) == (label == "freeze")
 
 

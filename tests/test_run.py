@@ -67,9 +67,7 @@ def test_finetune_keeps_the_best_mask_and_modes_share_the_init(all_run):
   model = models.get("lenet300-100", 10)
   weight_cfg = TINY.replace(mode="weight")
   init = run.initial_state(weight_cfg, model, dataset, 1)
-  for a, b in zip(jax.tree.leaves(init.trainable["params"]),
-                  jax.tree.leaves(best["state"]["trainable"]["params"]), strict=True):
-    assert np.array_equal(a, b)
+  chex.assert_trees_all_equal(init.trainable["params"], best["state"]["trainable"]["params"])
 
 
 def test_the_default_mask_run_beats_chance_by_far(tmp_path):
@@ -237,7 +235,7 @@ def test_an_epoch_reads_nothing_from_the_devices_until_its_end(steps_per_call, m
   per-step metrics at the end."""
   config = TINY.replace(mode="mask", epochs=1, steps_per_call=steps_per_call)
   dataset = data.load("digits", val_size=100)
-  model = models.get(config.model, dataset.num_classes, **config.model_kwargs())
+  model = models.from_config(config, dataset.num_classes)
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   state = train_lib.create_state(jax.random.key(0), model, dataset.input_shape, config,
                                  steps_per_epoch=steps)

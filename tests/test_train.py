@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +34,7 @@ def eval_loss(model, config, state, batch):
 
 
 def assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    assert np.array_equal(x, y)
+  chex.assert_trees_all_equal(a, b, strict=True)
 
 
 def assert_no_negative_zero(tree):
@@ -98,10 +98,8 @@ def test_weight_mode_equals_plain_optax_loop(batch):
   for metrics in history:
     params, batch_stats, opt_state, loss = plain_step(params, batch_stats, opt_state)
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.trainable["params"]), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(batch_stats), jax.tree.leaves(state.batch_stats), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(params, state.trainable["params"], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(batch_stats, state.batch_stats, rtol=1e-5, atol=1e-6)
 
 
 def test_finetune_keeps_mask_and_applies_configured_lr(batch):
@@ -130,7 +128,7 @@ def test_finetune_keeps_mask_and_applies_configured_lr(batch):
 
   grads = jax.grad(loss_fn)(init.trainable["params"])
   for p0, p1, g in zip(jax.tree.leaves(init.trainable["params"]),
-                       jax.tree.leaves(one.trainable["params"]), jax.tree.leaves(grads)):
+                       jax.tree.leaves(one.trainable["params"]), jax.tree.leaves(grads), strict=True):
     np.testing.assert_allclose(p1 - p0, -lr * g, rtol=1e-3, atol=1e-7)
   kernel = ("stage1_block1", "conv1", "kernel")
   pruned = np.asarray(masks[kernel[0]][kernel[1]][kernel[2]]) == 0
@@ -171,7 +169,7 @@ def test_pmap_on_4_devices_equals_single_device(batch, estimator, conv_algorithm
   # float reduction-order noise (~1e-9) into lr-sized steps, in any implementation.
   config = BASE.replace(mode="mask", estimator=estimator, score_optimizer="sgd", score_lr=1.0, flip=True,
                         max_translate=0.2, max_rotate=15.0, conv_algorithm=conv_algorithm)
-  model = models.get(config.model, 10, **config.model_kwargs())
+  model = models.from_config(config, 10)
   state = train.create_state(jax.random.key(0), model, (8, 8, 1), config)
   single = jax.jit(train.make_train_step(model, config))
   multi = train.pmap_train_step(train.make_train_step(model, config, axis_name=train.AXIS))
@@ -180,15 +178,13 @@ def test_pmap_on_4_devices_equals_single_device(batch, estimator, conv_algorithm
   for i in range(3):
     s_state, s_metrics = single(s_state, batch, jax.random.key(i))
     p_state, p_metrics = multi(p_state, sharded, jax.random.key(i))
-    for a, b in zip(jax.tree.leaves(s_metrics), jax.tree.leaves(p_metrics)):
+    for a, b in zip(jax.tree.leaves(s_metrics), jax.tree.leaves(p_metrics), strict=True):
       np.testing.assert_allclose(np.asarray(b), np.broadcast_to(a, (4,)), atol=1e-5)
   p_state = train.unreplicate(p_state)
   assert not np.array_equal(s_state.trainable["scores"]["head"]["kernel"],
                             state.trainable["scores"]["head"]["kernel"])
   for field in ("trainable", "batch_stats"):
-    for a, b in zip(jax.tree.leaves(getattr(s_state, field)), jax.tree.leaves(getattr(p_state, field)),
-                    strict=True):
-      np.testing.assert_allclose(a, b, atol=1e-5)
+    chex.assert_trees_all_close(getattr(s_state, field), getattr(p_state, field), atol=1e-5)
 
   s_sums = jax.jit(train.make_eval_step(model, config))(s_state, batch)
   p_sums = train.pmap_eval_step(train.make_eval_step(model, config, axis_name=train.AXIS))(
@@ -213,5 +209,4 @@ def test_scanned_multi_step_equals_the_step_loop(batch):
   scanned, m = jax.jit(train.make_multi_train_step(step))(state, stacked, jax.random.key(5))
   assert int(scanned.step) == 3
   np.testing.assert_allclose(m["loss"], metrics, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(looped.trainable), jax.tree.leaves(scanned.trainable)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(looped.trainable, scanned.trainable, rtol=1e-5, atol=1e-6)

@@ -109,6 +109,30 @@ def get(name: str, num_classes: int, **options) -> nn.Module:
   return build(num_classes, **options)
 
 
+def options(config) -> dict:
+  """The options a `Config` gives `get` (each model takes those its factory names)."""
+  from smjax.models import winograd
+  return {"dtype": jnp.dtype(config.dtype),
+          "conv": winograd.conv_function(config.conv_algorithm, config.dtype),
+          "dropout_rate": config.dropout_rate, "downsampling": config.downsampling}
+
+
+def from_config(config, num_classes: int) -> nn.Module:
+  """`config.model` for `num_classes`, with the config's options."""
+  return get(config.model, num_classes, **options(config))
+
+
+def check_config(config) -> None:
+  """ValueError (one line) unless `config`'s model and its options build."""
+  from smjax.config import check_choice
+  from smjax.models import winograd
+  check_choice(config, "conv_algorithm", winograd.ALGORITHMS)
+  if config.conv_algorithm == "winograd" and config.dtype != "float32":
+    raise ValueError("conv_algorithm 'winograd' computes in float32; use dtype=float32 or "
+                     "conv_algorithm=auto")
+  from_config(config, 10)
+
+
 def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
   """`model` with its `axis_name` field set (cross-device BatchNorm); as is without the field."""
   if any(f.name == "axis_name" for f in dataclasses.fields(model)):
