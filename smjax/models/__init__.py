@@ -34,7 +34,6 @@ from smjax.models.small import MLP, ConvNet, LeNet5
 from smjax.models.wide_resnet import DOWNSAMPLING, WideResNet
 
 Factory = Callable[..., nn.Module]
-OPTIONS = ("dtype", "conv", "dropout_rate", "downsampling")
 
 
 def _mlp(num_classes, dtype=jnp.float32):
