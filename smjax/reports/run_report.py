@@ -51,7 +51,8 @@ def plot_curves(summary: dict, path: Path) -> None:
     ax.plot(epochs, accuracy, marker="o", ms=3, color=color,
             label=f"{regime} ({100 * regimes[regime]['best_test_accuracy']:.2f}% at its best "
                   f"{best_on} epoch)")
-  ax.set_ylim(bottom=_lowest_after_first_epoch(regimes) - 1)
+  ax.set_ylim(bottom=y_bottom([100 * max(m["test_accuracy"] for m in r["curve"])
+                               for r in regimes.values()]), top=100.5)
   ax.set(xlabel="epoch (a fine-tune continues from the epoch of the checkpoint it starts from)",
          ylabel="test accuracy (%)", title="Supermask, weights, and fine-tuned supermask")
   ax.grid(alpha=0.3)
@@ -61,11 +62,10 @@ def plot_curves(summary: dict, path: Path) -> None:
   plt.close(fig)
 
 
-def _lowest_after_first_epoch(regimes: dict) -> float:
-  """The lowest test accuracy (%) of any curve after its first epoch: the y axis starts just
-  below it, so that one-point differences show."""
-  values = [100 * m["test_accuracy"] for r in regimes.values() for m in r["curve"][1:]]
-  return min(values or [100 * r["curve"][0]["test_accuracy"] for r in regimes.values()])
+def y_bottom(bests: list[float], span: float = 5.0) -> float:
+  """Where a curves figure's y axis starts (%): `span` points below the lowest of the curves'
+  best values, so that one-point differences near the top show (early epochs may fall below)."""
+  return max(0.0, min(bests) - span)
 
 
 def plot_mask_utilization(layers: list[dict], path: Path) -> None:

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from smjax import provenance  # noqa: E402
+from smjax.reports.run_report import y_bottom  # noqa: E402
 from smjax.reports.runs import COLORS, REGIMES, best_line, summarize  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
                               paired_interval)
@@ -242,15 +243,15 @@ def plot_curves(summaries: dict, path: Path) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5))
   sampled = any(m.get("test_accuracy_sampled_mean") is not None for s in summaries.values()
                 for m in s["regimes"].get("mask", {}).get("curve", []))
-  lowest = []
+  bests = []
   for regime in REGIMES:
     if curves := _test_curves(summaries, regime):
       label = "mask (deterministic; sampled masks: see the table)" if sampled and regime == "mask" \
           else regime
       _band(ax, curves, 0, COLORS[regime], label)
-      lowest.append(100 * min(min(c[1:] or c) for c in curves))
-  if lowest:  # one-point differences show: from just below every curve after its first epoch
-    ax.set_ylim(bottom=min(lowest) - 1)
+      bests.append(100 * min(max(c) for c in curves))
+  if bests:  # one-point differences near the top show
+    ax.set_ylim(bottom=y_bottom(bests))
   ax.set(xlabel="epoch of the regime's own run (a fine-tune's epoch 1 follows the mask run's "
          "best epoch)", ylabel="test accuracy (%)", title="Mean over seeds, band ±1 std")
   ax.grid(alpha=0.3)
