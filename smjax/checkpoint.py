@@ -173,8 +173,8 @@ def damaged_metrics(directory: str | os.PathLike) -> list[int]:
 def _best_metric(directory: str | os.PathLike) -> str:
   """The metric the run that owns `directory` ranks its checkpoints by."""
   try:
-    return best_metric(json.loads((Path(directory).parent / "config.json").read_text())["protocol"])
-  except (OSError, ValueError, KeyError, TypeError):
+    return best_metric(workdir_lib.read_config(Path(directory).parent)["protocol"])
+  except (OSError, workdir_lib.RunError, KeyError, TypeError):
     return best_metric("")
 
 

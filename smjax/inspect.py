@@ -32,15 +32,15 @@ import numpy as np
 from smjax import checkpoint, masking, provenance
 from smjax.reports import masks
 from smjax.config import best_metric
-from smjax.workdir import RunError, read_config, read_metrics
+from smjax.workdir import RunError, is_run, read_config, read_metrics
 
 
 def resolve(workdir: str | Path) -> Path:
   """The single-mode run directory to inspect."""
   workdir = Path(workdir)
-  if (workdir / "config.json").exists():
+  if is_run(workdir):
     return workdir
-  if (workdir / "mask" / "config.json").exists():
+  if is_run(workdir / "mask"):
     return workdir / "mask"
   raise checkpoint.CheckpointError(f"{workdir} is not a run directory (no config.json)")
 

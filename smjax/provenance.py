@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smjax.workdir import PROVENANCE_FILE, write_json_atomic
+from smjax.workdir import CONFIG_FILE, PROVENANCE_FILE, write_json_atomic
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 # CPU flags that decide what XLA:CPU vectorizes with (x86 and Arm names).
@@ -167,7 +167,7 @@ def of_runs(root: str | os.PathLike) -> dict[str, list[dict]]:
   """{run directory relative to `root`: its session records} for every run under `root`."""
   root = Path(root)
   return {str(path.parent.relative_to(root)): read(path.parent)
-          for path in sorted(root.rglob("config.json"))
+          for path in sorted(root.rglob(CONFIG_FILE))
           if "report" not in path.relative_to(root).parts}
 
 

@@ -59,7 +59,7 @@ def finetune_start(config: Config) -> dict:
   the masks by the same per-layer counts at random places, `reinit_seed` the weights by that
   seed's init."""
   mask_run = Path(config.mask_run)
-  if not config.mask_run or not (mask_run / "config.json").exists():
+  if not config.mask_run or not workdir_lib.is_run(mask_run):
     raise RunError(f"finetune needs --set mask_run=DIR, a finished mask run; got {config.mask_run!r}")
   source = workdir_lib.read_config(mask_run)
   if source.get("mode") not in ("mask", "weight"):

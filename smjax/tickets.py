@@ -28,7 +28,7 @@ from smjax import checkpoint
 from smjax.config import Config
 from smjax.pruning import (RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET,  # noqa: F401
                            magnitude_masks, random_masks)
-from smjax.workdir import RunError, check_same_network, read_config
+from smjax.workdir import RunError, check_same_network, is_run, read_config
 
 
 def rewound_weights(run_dir: str | Path, epoch: int) -> dict:
@@ -47,7 +47,7 @@ def pruned_start(config: Config) -> dict:
   counts at random places), with the weights rewound to epoch `rewind_epoch` of `rewind_from`
   unless the round draws fresh ones (`reinit_seed`) or rewinds to the init."""
   source_dir = Path(config.prune_from)
-  if not (source_dir / "config.json").exists():
+  if not is_run(source_dir):
     raise RunError(f"prune_from={config.prune_from!r} is not a run directory (no config.json)")
   source = read_config(source_dir)
   if source.get("mode") not in ("weight", "finetune"):

@@ -28,6 +28,7 @@ class RunError(RuntimeError):
 REGIMES = ("mask", "weight", "finetune", "finetune_original", "finetune_random",
            "finetune_reinit", "weight_original")
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"  # what makes a folder a run directory
 PROVENANCE_FILE = "provenance.json"  # smjax.provenance's
 _held: dict[Path, int] = {}  # this process's locks: path -> open file descriptor
 
@@ -131,7 +132,7 @@ def check(config: Config, workdir: Path, overwrite: bool = False) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     what = "write to" if existing == workdir else f"create it: {existing} is not writable"
     raise RunError(f"cannot {what} workdir {workdir}; use another --workdir or fix its permissions")
-  if (workdir / "config.json").exists() and not overwrite:
+  if is_run(workdir) and not overwrite:
     diff = config_diff(config, workdir)
     if diff:
       raise RunError(f"{workdir} holds a run with another config (differs in: {', '.join(diff)}); "
@@ -157,7 +158,7 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
   """Writes config.json (after `check`); with `overwrite`, drops the previous run's files. A run
   that trained nothing yet, or that this config extends, gets this config's config.json."""
   check(config, workdir, overwrite)
-  path = workdir / "config.json"
+  path = workdir / CONFIG_FILE
   if (path.exists() and not overwrite and trained(workdir)
       and read_config(workdir).get("epochs") >= config.epochs):
     return
@@ -167,6 +168,11 @@ def claim(config: Config, workdir: Path, overwrite: bool = False) -> None:
     (workdir / PROVENANCE_FILE).unlink(missing_ok=True)
   workdir.mkdir(parents=True, exist_ok=True)
   write_json_atomic(path, on_disk(config.to_dict(), workdir))
+
+
+def is_run(path: str | os.PathLike) -> bool:
+  """Whether `path` is a run directory (it holds a config.json)."""
+  return (Path(path) / CONFIG_FILE).exists()
 
 
 def trained(workdir: Path) -> bool:
@@ -192,7 +198,7 @@ def on_disk(values: dict, workdir: Path) -> dict:
 
 def read_config(workdir: Path) -> dict:
   """A run's config.json; a damaged one is one error naming the file and the ways out."""
-  path = workdir / "config.json"
+  path = workdir / CONFIG_FILE
   try:
     values = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as err:
@@ -243,7 +249,7 @@ def extends(config: Config, previous: dict) -> bool:
 def finished(config: Config, workdir: Path) -> bool:
   """Whether `workdir` holds a run of `config` with every epoch done and its last checkpoint
   committed (a missing one means the run must resume from an earlier checkpoint)."""
-  if not (workdir / "config.json").exists() or config_diff(config, workdir):
+  if not is_run(workdir) or config_diff(config, workdir):
     return False
   metrics = read_metrics(workdir)
   return (len(metrics) >= config.epochs and

@@ -28,8 +28,8 @@ from smjax.reports.run_report import y_bottom  # noqa: E402
 from smjax.reports.runs import COLORS, REGIMES, best_line, summarize  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
                               paired_interval)
-from smjax.workdir import (planned_seeds, read_config, replaced_atomically, seed_dirs,  # noqa: E402
-                           wall_clock, wall_clock_text, write_json_atomic)
+from smjax.workdir import (is_run, planned_seeds, read_config, replaced_atomically,  # noqa: E402
+                           seed_dirs, wall_clock, wall_clock_text, write_json_atomic)
 
 RUN_NUMBERS = ("best_test_accuracy", "final_test_accuracy", "last3_test_accuracy", "epochs_to_99",
                "masked_fraction", "sampled_test_accuracy")
@@ -196,8 +196,8 @@ def write_report(workdir: str | Path) -> Path:
                     for m in s["regimes"][r]["curve"]) for r in REGIMES}
   seconds = {r: v for r, v in seconds.items() if v}
   missing = [seed for seed in planned_seeds(workdir) if seed not in summaries]
-  config_path = next(iter(seeds_with_runs(workdir).values())) / "mask" / "config.json"
-  config = read_config(config_path.parent) if config_path.exists() else {}
+  mask_run = next(iter(seeds_with_runs(workdir).values())) / "mask"
+  config = read_config(mask_run) if is_run(mask_run) else {}
   study.update(per_seed=per_seed, layers=list(layers.values()), epoch_seconds=seconds,
                config=config, jax_version=jax.__version__, machine=machine(),
                unfinished=unfinished, missing_seeds=missing, worth=worth_epochs(summaries))

@@ -14,8 +14,8 @@ from smjax.reports import masks
 from smjax.reports.study import epochs_to_99, machine, seeds_with_runs
 from smjax.reports.runs import summarize
 from smjax.statistics import mean_std
-from smjax.workdir import (best_line, read_config, read_metrics, replaced_atomically, seed_dirs,
-                           wall_clock, wall_clock_text, write_json_atomic)
+from smjax.workdir import (best_line, is_run, read_config, read_metrics, replaced_atomically,
+                           seed_dirs, wall_clock, wall_clock_text, write_json_atomic)
 
 CONTROLS = {"reinit": ("same mask, random reinit", "tab:gray"),
             "random": ("random mask, same layer densities", "tab:red")}
@@ -25,7 +25,7 @@ CONTROLS = {"reinit": ("same mask, random reinit", "tab:gray"),
 def _run_row(run_dir: Path) -> dict | None:
   """A finished round's numbers (None while it is unfinished)."""
   metrics = read_metrics(run_dir)
-  if not (run_dir / "config.json").exists():
+  if not is_run(run_dir):
     return None
   config = read_config(run_dir)
   if not metrics or len(metrics) < config["epochs"]:
