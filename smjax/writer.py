@@ -13,6 +13,7 @@ steps.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,10 @@ class RunWriter:
       from tensorboardX import SummaryWriter
       resumed_at = self.lines[-1]["step"] + 1 if self.lines else 0
       # purge_step: TensorBoard drops what an earlier session logged from this step on
-      self._events = SummaryWriter(str(self.workdir), purge_step=resumed_at or None)
+      # event files are named by the second they start in: a session resumed within the same
+      # second would overwrite the previous one's without a suffix of its own (in order)
+      self._events = SummaryWriter(str(self.workdir), purge_step=resumed_at or None,
+                                   filename_suffix=f".{time.time_ns()}")
 
   def is_new_best(self, line: dict) -> bool:
     """Whether `line` becomes the best checkpoint (`workdir.best_line`'s rule)."""
