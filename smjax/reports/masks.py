@@ -14,6 +14,16 @@ def masked_share(layers: list[dict]) -> float:
   return zeros / total if total else 0.0
 
 
+def layer_table(layers: list[dict], masked_cell, masked_header: str = "masked") -> list[str]:
+  """Markdown rows of `masking.layer_stats`-like rows: layer | shape | weights | masked, the
+  last cell written by `masked_cell(layer["masked_fraction"])`."""
+  out = [f"| layer | shape | weights | {masked_header} |", "|---|---|---|---|"]
+  for layer in layers:
+    out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | "
+               f"{layer['n_weights']:,} | {masked_cell(layer['masked_fraction'])} |")
+  return out
+
+
 def mask_table(run_dir: Path, step: int | None = None) -> dict:
   """{'step', 'epoch', 'masked_fraction', 'n_weights', 'layers': [...]} of one checkpoint
   (default: the best)."""

@@ -98,10 +98,7 @@ def summary_markdown(summary: dict) -> str:
                f"{pct(r['final_test_accuracy'])} | {pct(r['masked_fraction'])} |")
   if summary["layers"]:
     out += ["", "## Mask of the best mask checkpoint", "",
-            "| layer | shape | weights | masked |", "|---|---|---|---|"]
-    for layer in summary["layers"]:
-      out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {layer['n_weights']:,} "
-                 f"| {pct(layer['masked_fraction'])} |")
+            *masks.layer_table(summary["layers"], pct)]
     total = sum(layer["n_weights"] for layer in summary["layers"])
     out.append(f"| **total** | | {total:,} | {pct(masks.masked_share(summary['layers']))} |")
   text = provenance.summary_text(summary["provenance"])

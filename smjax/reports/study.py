@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from smjax import provenance  # noqa: E402
+from smjax.reports import masks  # noqa: E402
 from smjax.reports.run_report import y_bottom  # noqa: E402
 from smjax.reports.runs import COLORS, REGIMES, best_line, summarize  # noqa: E402
 from smjax.statistics import (epochs_worth, equivalence_test, last_mean, mean_std,  # noqa: E402
@@ -308,7 +309,8 @@ def plot_layers(layers: list[dict], path: Path) -> None:
   plt.close(fig)
 
 
-def _pm(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
+def mean_std_text(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
+  """'91.33 ± 2.89' of a `statistics.mean_std` summary (scaled), '-' without a mean."""
   if summary["mean"] is None:
     return "-"
   std = "" if summary["std"] is None else f" ± {scale * summary['std']:.{digits}f}"
@@ -354,7 +356,7 @@ def contrasts_markdown(study: dict) -> list[str]:
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     seeds = ", ".join(f"seed {seed}: {fmt(w['epochs'])} (mask's best epoch {w['mask_epochs']})"
                       for seed, w in worth["per_seed"].items())
-    out += ["", f"A supermask start is worth **{_pm(e, 1, 1)} epochs** of weight training (per "
+    out += ["", f"A supermask start is worth **{mean_std_text(e, 1, 1)} epochs** of weight training (per "
             "fine-tune epoch k, the epoch at which the weight run first reaches the fine-tune's "
             "test accuracy, minus k; averaged over k, then seeds; linear interpolation between "
             f"epochs). {seeds}." + (f" {worth['censored']} fine-tune epochs were above every "
@@ -382,29 +384,26 @@ def summary_markdown(study: dict) -> str:
   for regime, r in study["regimes"].items():
     if regime == "mask" and r["sampled_test_accuracy"]["mean"] is not None:
       out.append(f"| {SAMPLED_MASK}, as Zhou et al. report | {r['sampled_test_accuracy']['n']} | "
-                 f"{_pm(r['sampled_test_accuracy'])} | - | - | - | {_pm(r['masked_fraction'])} "
+                 f"{mean_std_text(r['sampled_test_accuracy'])} | - | - | - | {mean_std_text(r['masked_fraction'])} "
                  "| (this row) |")
       regime = "mask (deterministic: p > 0.5)"
-    out.append(f"| {regime} | {r['best_test_accuracy']['n']} | {_pm(r['best_test_accuracy'])} | "
-               f"{_pm(r['final_test_accuracy'])} | {_pm(r['last3_test_accuracy'])} | "
-               f"{_pm(r['epochs_to_99'], 1, 1)} | "
-               f"{_pm(r['masked_fraction'])} | {_pm(r['sampled_test_accuracy'])} |")
+    out.append(f"| {regime} | {r['best_test_accuracy']['n']} | {mean_std_text(r['best_test_accuracy'])} | "
+               f"{mean_std_text(r['final_test_accuracy'])} | {mean_std_text(r['last3_test_accuracy'])} | "
+               f"{mean_std_text(r['epochs_to_99'], 1, 1)} | "
+               f"{mean_std_text(r['masked_fraction'])} | {mean_std_text(r['sampled_test_accuracy'])} |")
   out += ["", "Paired differences to weight-only training (test accuracy at the best epoch, "
           "percentage points; 95% t-interval over seeds):", "",
           "| regime - weight | n | mean | 95% interval | per seed |", "|---|---|---|---|---|"]
   sampled = SAMPLED_MASK in study["paired_vs_weight"]
   for regime, d in study["paired_vs_weight"].items():
     regime = "mask (deterministic)" if sampled and regime == "mask" else regime
-    interval = "-" if d["low"] is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+    interval = _interval(d)
     per_seed = ", ".join(f"{100 * v:+.2f}" for v in d["values"])
     out.append(f"| {regime} - weight | {d['n']} | {100 * d['mean']:+.2f} | {interval} | {per_seed} |")
   out += contrasts_markdown(study)
   if study["layers"]:
     out += ["", "## Per-layer % masked of the best masks", "",
-            "| layer | shape | weights | masked (%) |", "|---|---|---|---|"]
-    for layer in study["layers"]:
-      out.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | "
-                 f"{layer['n_weights']:,} | {_pm(layer['masked_fraction'])} |")
+            *masks.layer_table(study["layers"], mean_std_text, "masked (%)")]
   hours = {r: s / 3600 for r, s in study["epoch_seconds"].items()}
   out += ["", wall_clock_text(study.get("wall_clock")) +
           "Time in epochs (training and evaluation), summed over the runs of all seeds "

@@ -11,7 +11,7 @@ from pathlib import Path
 from smjax import checkpoint, provenance
 from smjax.config import best_metric
 from smjax.reports import masks
-from smjax.reports.study import epochs_to_99, machine, seeds_with_runs
+from smjax.reports.study import epochs_to_99, machine, mean_std_text, seeds_with_runs
 from smjax.reports.runs import summarize
 from smjax.statistics import mean_std
 from smjax.workdir import (best_line, is_run, read_config, read_metrics, replaced_atomically,
@@ -169,9 +169,6 @@ def _plot(table: dict, supermasks: list[dict], rewind: str, path: Path) -> None:
 
 def _markdown(result: dict) -> str:
   table = result["runs"]
-  ms = lambda v, scale=100, digits=2: "-" if v["mean"] is None else (
-      f"{scale * v['mean']:.{digits}f}" +
-      (f" ± {scale * v['std']:.{digits}f}" if v["std"] is not None else ""))
   controls = [c for c in CONTROLS if any(n.endswith(f"_{c}") for n in table)]
   out = [f"# Lottery tickets (iterative magnitude pruning, rewound to {result['rewind']})", ""]
   if result["command"]:
@@ -183,12 +180,12 @@ def _markdown(result: dict) -> str:
           "| " + " | ".join(head + ["n"]) + " |", "|---" * (len(head) + 1) + "|"]
   for name in _series(table):
     row = table[name]
-    cells = [str(_round_number(name)), ms(row["kept"]), ms(row["best_test_accuracy"]),
-             ms(row["epochs_to_99"], 1, 1)]
+    cells = [str(_round_number(name)), mean_std_text(row["kept"]),
+             mean_std_text(row["best_test_accuracy"]), mean_std_text(row["epochs_to_99"], 1, 1)]
     for control in controls:
       other = table.get(f"{name}_{control}")
-      cells += [ms(other["best_test_accuracy"]), ms(other["epochs_to_99"], 1, 1)] if other \
-          else ["-", "-"]
+      cells += [mean_std_text(other["best_test_accuracy"]),
+                mean_std_text(other["epochs_to_99"], 1, 1)] if other else ["-", "-"]
     out.append("| " + " | ".join(cells + [str(row["best_test_accuracy"]["n"])]) + " |")
   if result["supermasks"]:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
