@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from smjax import dataset_files
+from smjax.config import check_choice
 
 DIGITS_TEST_SIZE = 360
 
@@ -104,7 +105,6 @@ def names() -> tuple[str, ...]:
 
 def check_config(config) -> None:
   """ValueError (one line) unless `config`'s dataset is registered."""
-  from smjax.config import check_choice
   check_choice(config, "dataset", names())
 
 

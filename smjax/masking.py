@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from smjax.config import check_choice
+
 PyTree = Any
 Path = tuple[str, ...]
 
@@ -324,7 +326,6 @@ def register_mask_rule(name: str, rule: Callable[[Path, jax.Array, Sequence[str]
 
 def check_config(config) -> None:
   """ValueError (one line) unless `config`'s estimator, score init and mask rule are known."""
-  from smjax.config import check_choice
   check_choice(config, "estimator", ESTIMATORS)
   check_choice(config, "score_init", SCORE_INITS)
   check_choice(config, "mask_layers", tuple(MASK_RULES))

@@ -30,6 +30,8 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from smjax.config import check_choice
+from smjax.models import winograd
 from smjax.models.small import MLP, ConvNet, LeNet5
 from smjax.models.wide_resnet import DOWNSAMPLING, WideResNet
 
@@ -110,7 +112,6 @@ def get(name: str, num_classes: int, **options) -> nn.Module:
 
 def options(config) -> dict:
   """The options a `Config` gives `get` (each model takes those its factory names)."""
-  from smjax.models import winograd
   return {"dtype": jnp.dtype(config.dtype),
           "conv": winograd.conv_function(config.conv_algorithm, config.dtype),
           "dropout_rate": config.dropout_rate, "downsampling": config.downsampling}
@@ -123,8 +124,6 @@ def from_config(config, num_classes: int) -> nn.Module:
 
 def check_config(config) -> None:
   """ValueError (one line) unless `config`'s model and its options build."""
-  from smjax.config import check_choice
-  from smjax.models import winograd
   check_choice(config, "conv_algorithm", winograd.ALGORITHMS)
   if config.conv_algorithm == "winograd" and config.dtype != "float32":
     raise ValueError("conv_algorithm 'winograd' computes in float32; use dtype=float32 or "
