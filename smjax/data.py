@@ -268,18 +268,27 @@ def train_batches(split: Split, batch_size: int, *, seed: int, epoch: int,
 
 
 def stack_batches(batches: Iterator[dict], k: int, axis: int = 1) -> Iterator[dict]:
-  """Groups consecutive batches into one with a new [k] axis (the last group may be shorter).
+  """Groups consecutive batches into one with a new [k] axis, every group of the same shape (one
+  compiled program): the last group is padded with copies of its last batch, and
+  'valid' (bool, the batch's leading axes up to the new one) marks the real steps.
 
-  axis=1 puts it after the device axis: [devices, k, per_device, ...].
+  axis=1 puts it after the device axis: [devices, k, per_device, ...], 'valid' [devices, k].
   """
+  def stacked(group):
+    real = len(group)
+    group = group + group[-1:] * (k - real)
+    out = {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+    out["valid"] = np.broadcast_to(np.arange(k) < real, out["label"].shape[:axis + 1]).copy()
+    return out
+
   group = []
   for batch in batches:
     group.append(batch)
     if len(group) == k:
-      yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+      yield stacked(group)
       group = []
   if group:
-    yield {key: np.stack([b[key] for b in group], axis) for key in group[0]}
+    yield stacked(group)
 
 
 def eval_batches(split: Split, batch_size: int, *, num_devices: int | None = None,

@@ -17,7 +17,7 @@ Weight decay, momentum and lr schedules live inside the trained branches only.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -68,12 +68,24 @@ def _base(name: str, learning_rate: optax.ScalarOrSchedule, momentum: float) -> 
   raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
 
 
-def make_optimizer(mode: str, *, lr: float, score_lr: float | None = None, optimizer: str = "sgd",
-                   score_optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
-                   total_steps: int = 1, steps_per_epoch: int = 1, plateau_patience: int = 2,
-                   plateau_factor: float = 0.1,
-                   train_bn_with_mask: bool = False) -> optax.GradientTransformationExtraArgs:
-  """One `optax.multi_transform` partition implementing `mode`.
+class Optimizer(NamedTuple):
+  """A mode's optimizer and the learning rate it applies."""
+  tx: optax.GradientTransformationExtraArgs
+  learning_rate: Callable[[PyTree, int], float]  # (opt_state, step) -> the trained branch's rate
+
+
+def make_optimizer(mode: str, **settings) -> optax.GradientTransformationExtraArgs:
+  """One `optax.multi_transform` partition implementing `mode` (see `make`)."""
+  return make(mode, **settings).tx
+
+
+def make(mode: str, *, lr: float, score_lr: float | None = None, optimizer: str = "sgd",
+         score_optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0,
+         schedule: str = "constant", total_steps: int = 1, steps_per_epoch: int = 1,
+         plateau_patience: int = 2, plateau_factor: float = 0.1,
+         train_bn_with_mask: bool = False) -> Optimizer:
+  """One `optax.multi_transform` partition implementing `mode`, and the learning rate of the
+  branch the mode trains (the scores' in mask mode, the weights' otherwise).
 
   `schedule="plateau"` multiplies the trained branches' updates by
   `optax.contrib.reduce_on_plateau`, fed `value = 1 - batch accuracy` each step
@@ -82,28 +94,36 @@ def make_optimizer(mode: str, *, lr: float, score_lr: float | None = None, optim
   `lr` is the weights' learning rate, `score_lr` (default: `lr`) the scores'.
   """
   score_lr = lr if score_lr is None else score_lr
+  schedules = {"scores": make_schedule(score_lr, schedule, total_steps),
+               "weights": make_schedule(lr, schedule, total_steps)}
 
   def trained(name, rate, decay):
     parts = [optax.add_decayed_weights(weight_decay)] if decay and weight_decay else []
-    parts.append(_base(name, make_schedule(rate, schedule, total_steps), momentum))
+    parts.append(_base(name, rate, momentum))
     if schedule == "plateau":
       parts.append(optax.contrib.reduce_on_plateau(
           factor=plateau_factor, patience=plateau_patience, rtol=0.0, atol=1e-4,
           accumulation_size=steps_per_epoch))
     return optax.chain(*parts)
 
-  transforms = {"scores": trained(score_optimizer, score_lr, decay=False),
-                "weights": trained(optimizer, lr, decay=True),
+  transforms = {"scores": trained(score_optimizer, schedules["scores"], decay=False),
+                "weights": trained(optimizer, schedules["weights"], decay=True),
                 "freeze": optax.set_to_zero()}
-  return optax.multi_transform(
-      transforms, partition_labels(mode, train_bn_with_mask=train_bn_with_mask))
+  tx = optax.multi_transform(transforms,
+                             partition_labels(mode, train_bn_with_mask=train_bn_with_mask))
+  rate = schedules["scores" if mode == "mask" else "weights"]
+
+  def learning_rate(opt_state: PyTree, step: int) -> float:
+    """The rate applied at `step`: the schedule times any plateau scale."""
+    return float(rate(step)) * plateau_scale(opt_state)
+
+  return Optimizer(tx, learning_rate)
 
 
-def current_lr(opt_state: PyTree, lr: float, schedule: str, total_steps: int, step: int) -> float:
-  """The learning rate applied at `step`: the schedule times any plateau scale."""
-  value = float(make_schedule(lr, schedule, total_steps)(step))
+def plateau_scale(opt_state: PyTree) -> float:
+  """The smallest `reduce_on_plateau` scale in an optimizer state (1.0 without one)."""
   plateau = optax.contrib.ReduceLROnPlateauState
   states = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, plateau))
   scales = [x.scale for x in states if isinstance(x, plateau)
             and isinstance(x.scale, (jax.Array, np.ndarray))]  # empty branches hold MaskedNode
-  return value * float(np.min(scales)) if scales else value
+  return float(np.min(scales)) if scales else 1.0

@@ -22,12 +22,14 @@ def write_report(workdir: str | Path, supermask_studies: list[Path] = ()) -> Pat
   """The report that fits what WORKDIR holds (a study: each seed's, then the aggregated one);
   returns its summary.md."""
   from smjax.reports import run_report, study, tickets
+  from smjax.reports.runs import summarize
   if tickets.seeds_with_rounds(workdir):
     return tickets.write_report(workdir, supermask_studies)
   if seeds := study.seeds_with_runs(workdir):
-    for seed_dir in seeds.values():
-      run_report.write_report(seed_dir)
-    return study.write_report(workdir)
+    summaries = {seed: summarize(seed_dir) for seed, seed_dir in seeds.items()}
+    for seed, seed_dir in seeds.items():
+      run_report.write_report(seed_dir, summaries[seed])
+    return study.write_report(workdir, summaries)
   return run_report.write_report(workdir)
 
 

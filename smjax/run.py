@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from smjax import (checkpoint, data, distributed, masking, models, optim, provenance, pruning,
+from smjax import (checkpoint, data, distributed, masking, models, provenance, pruning,
                    tickets, train as train_lib, workdir as workdir_lib)
 from smjax import config as config_lib
 from smjax.config import FINETUNE_CONTROLS, Config, best_metric
@@ -171,8 +171,8 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
                 done: int, stop: list, progress: bool = True) -> tuple:
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
-  `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (then the
-  epoch's last call may take fewer). Stops early, unfinished, after a stop request: at the next
+  `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (the
+  epoch's last call padded to as many; its padded steps change nothing). Stops early, unfinished, after a stop request: at the next
   call in one process, at the next agreement of all processes in several
   (`distributed.agrees_now`). No device-to-host read per step (off a TTY's progress bar); at
   most MAX_CALLS_IN_FLIGHT calls in flight.
@@ -190,10 +190,10 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
             disable=not tty, leave=False) as bar:
     for batch in batches:
       pstate, metrics = p_step(pstate, batch, key)
-      history.append(metrics)
+      count = int(batch["valid"][0].sum()) if config.steps_per_call > 1 else 1
+      history.append((metrics, count))
       if len(history) >= MAX_CALLS_IN_FLIGHT:
-        jax.block_until_ready(history[-MAX_CALLS_IN_FLIGHT])
-      count = batch["label"].shape[1] if config.steps_per_call > 1 else 1
+        jax.block_until_ready(history[-MAX_CALLS_IN_FLIGHT][0])
       done += count
       bar.update(count)
       if tty and len(history) % 10 == 0:  # a host sync inside the epoch only on a TTY
@@ -202,8 +202,9 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
       # every process stops at the same step; several agree every few steps, not at each one
       if distributed.agrees_now(done, config.steps_per_call) and distributed.any_process(bool(stop)):
         break
-  history = [[float(loss), float(acc)] for m in jax.device_get(history)
-             for loss, acc in zip(np.ravel(m["loss"][0]), np.ravel(m["accuracy"][0]))]
+  fetched = jax.device_get([m for m, _ in history])  # the epoch's one read from the devices
+  history = [[float(loss), float(acc)] for m, (_, count) in zip(fetched, history)
+             for loss, acc in list(zip(np.ravel(m["loss"][0]), np.ravel(m["accuracy"][0])))[:count]]
   return pstate, history, done == steps
 
 
@@ -325,9 +326,7 @@ def _train(config: Config, workdir: Path, overwrite: bool, dataset: data.Dataset
           "val_loss": val["loss"], "val_accuracy": val["accuracy"],
           "test_loss": test["loss"], "test_accuracy": test["accuracy"],
           "masked_fraction": test["masked_fraction"],
-          "lr": optim.current_lr(state.opt_state, config.score_lr if config.mode == "mask"
-                                 else config.lr, config.schedule, steps * config.epochs,
-                                 int(state.step)),
+          "lr": state.learning_rate(state.opt_state, int(state.step)),
           "seconds": time.perf_counter() - start_time,
           "images_per_second": steps * config.batch_size / train_seconds,
       }
@@ -396,6 +395,9 @@ def regime_configs(config: Config, workdir: Path) -> dict[str, Config]:
       "weight_original": finetune.replace(**ORIGINAL_FINETUNE, mask_run=str(workdir / "weight"),
                                           start_epochs=config.epochs),
   }
+
+
+SECONDARY_REGIMES = ("finetune_reinit", "finetune_original", "weight_original")
 
 
 def all_regimes(config: Config) -> tuple[str, ...]:
@@ -467,13 +469,17 @@ def train_tickets(config: Config, workdir: str | os.PathLike, seeds: list[int], 
 
 def train_seeds(config: Config, workdir: str | os.PathLike, seeds: list[int], *,
                 overwrite: bool = False, jobs: int = 1) -> None:
-  """`--regime all` once per seed in WORKDIR/seed<N>/. Rerunning resumes; finished runs are
-  skipped."""
+  """`--regime all` once per seed in WORKDIR/seed<N>/, every seed's decisive arms first (mask,
+  weight, finetune, finetune_random: C1-C3), then the `SECONDARY_REGIMES`, so that a study cut
+  short has the most seeds where they decide. Rerunning resumes; finished runs are skipped."""
   workdir = Path(workdir)
-  runs = {}
-  for seed in seeds:
-    configs = regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
-    runs.update({workdir / f"seed{seed}" / r: configs[r] for r in all_regimes(config)})
+  configs = {seed: regime_configs(config.replace(seed=seed), workdir / f"seed{seed}")
+             for seed in seeds}
+  regimes = all_regimes(config)
+  decisive = [r for r in regimes if r not in SECONDARY_REGIMES]
+  secondary = [r for r in regimes if r in SECONDARY_REGIMES]
+  runs = {workdir / f"seed{seed}" / r: configs[seed][r]
+          for group in (decisive, secondary) for seed in seeds for r in group}
   if distributed.is_writer():
     workdir_lib.record_seeds(workdir, seeds)
   train_runs(runs, jobs=jobs, overwrite=overwrite, study=workdir)

@@ -36,11 +36,12 @@ class TrainState:
   opt_state: optax.OptState
   masks: PyTree
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  learning_rate: Callable[[optax.OptState, int], float] = flax.struct.field(pytree_node=False)
 
 
-def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTransformationExtraArgs:
-  """The partition of `config.mode`, built from the config's optimizer fields."""
-  return optim.make_optimizer(
+def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optim.Optimizer:
+  """The partition of `config.mode` and its learning rate, from the config's optimizer fields."""
+  return optim.make(
       config.mode, lr=config.lr, score_lr=config.score_lr, optimizer=config.optimizer,
       score_optimizer=config.score_optimizer, momentum=config.momentum,
       weight_decay=config.weight_decay, schedule=config.schedule,
@@ -75,11 +76,11 @@ def create_state(key: jax.Array, model: nn.Module, input_shape: tuple[int, ...],
   if config.mode == "finetune" and masks is None:
     raise ValueError("finetune mode needs the frozen binary masks to train under")
   params, scores, batch_stats = init_variables(key, model, input_shape, config)
-  tx = make_optimizer(config, steps_per_epoch)
+  tx, learning_rate = make_optimizer(config, steps_per_epoch)
   trainable = {"params": params, "scores": scores}
   masks = {} if config.mode != "finetune" else jax.tree.map(jnp.asarray, masks)
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, batch_stats=batch_stats,
-                    opt_state=tx.init(trainable), masks=masks, tx=tx)
+                    opt_state=tx.init(trainable), masks=masks, tx=tx, learning_rate=learning_rate)
 
 
 def forward_masks(config: Config) -> Callable[[TrainState, jax.Array | None, bool], PyTree | None]:
@@ -203,7 +204,10 @@ def make_multi_train_step(step, unroll: bool | None = None):
   """k steps in one compiled call (`lax.scan`), so small models are not bound by dispatch.
 
   `multi_step(state, batches, key) -> (state, metrics)`: batches and metrics carry a
-  leading [k] axis; step i of the scan is exactly `step(state_i, batches[i], key)`.
+  leading [k] axis; step i of the scan is exactly `step(state_i, batches[i], key)`. Where
+  `batches` has 'valid' ([k] bool, see `data.stack_batches`), a step marked False leaves the
+  state as it was (an epoch's padded last group runs the same program; its metrics are
+  discarded by the caller).
   `unroll` (default: on CPU) lays the k steps out straight instead of in a loop: XLA:CPU
   lowers a convolution inside a loop body to a naive kernel, 40x slower than the same
   convolution outside one (conv6 measured; jax-ml/jax#12868).
@@ -211,8 +215,17 @@ def make_multi_train_step(step, unroll: bool | None = None):
   if unroll is None:
     unroll = jax.default_backend() == "cpu"
 
+  def one_step(state: TrainState, scanned, key: jax.Array):
+    batch, valid = scanned
+    new, metrics = step(state, batch, key)
+    if valid is not None:
+      new = jax.tree.map(lambda n, old: jnp.where(valid, n, old), new, state)
+    return new, metrics
+
   def multi_step(state: TrainState, batches: dict, key: jax.Array):
-    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches, unroll=unroll)
+    batch = {name: x for name, x in batches.items() if name != "valid"}
+    return jax.lax.scan(lambda s, xs: one_step(s, xs, key), state,
+                        (batch, batches.get("valid")), unroll=unroll)
 
   return multi_step
 

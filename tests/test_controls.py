@@ -183,6 +183,17 @@ def test_extending_a_weight_run_continues_it_bit_identically(tmp_path):
                                                        "--set", "schedule=cosine"]) == 2
 
 
+def test_a_study_trains_every_seeds_decisive_arms_before_the_secondary_ones(tmp_path, monkeypatch):
+  started = []
+  monkeypatch.setattr(run, "train_runs", lambda runs, **kw: started.extend(runs))
+  config = cli.build_config(digits.get_config, SETS)
+  run.train_seeds(config, tmp_path, [0, 1])
+  names = ["/".join(p.parts[-2:]) for p in started]
+  decisive = ["mask", "weight", "finetune", "finetune_random"]
+  assert names == ([f"seed{s}/{r}" for s in (0, 1) for r in decisive] +
+                   [f"seed{s}/{r}" for s in (0, 1) for r in run.SECONDARY_REGIMES])
+
+
 # --------------------------------------------------------------------------
 # The study with every arm, and its report.
 

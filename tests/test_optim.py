@@ -59,15 +59,34 @@ def test_score_branch_is_adam_without_decay():
 
 def test_reduce_on_plateau_of_training_accuracy():
   steps = 4
-  tx = optim.make_optimizer("weight", lr=1.0, momentum=0.0, schedule="plateau",
-                            steps_per_epoch=steps, plateau_patience=2, plateau_factor=0.1)
+  tx, learning_rate = optim.make("weight", lr=1.0, momentum=0.0, schedule="plateau",
+                                 steps_per_epoch=steps, plateau_patience=2, plateau_factor=0.1)
   state = tx.init(TRAINABLE)
   grads = jax.tree.map(jnp.ones_like, TRAINABLE)
   lrs = []
   for epoch in range(6):
     for _ in range(steps):  # accuracy stuck at 0.6 -> value 0.4 every epoch
       updates, state = tx.update(grads, state, TRAINABLE, value=jnp.float32(0.4))
-    lrs.append(optim.current_lr(state, 1.0, "plateau", 24, epoch * steps))
+    lrs.append(learning_rate(state, epoch * steps))
     assert -float(updates["params"]["bn"]["bias"][0]) == pytest.approx(lrs[-1])
   # Keras semantics: reduce once 2 epochs in a row bring no improvement.
   np.testing.assert_allclose(lrs, [1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,leaf,rate", [("mask", ("scores", "conv", "kernel"), 0.3),
+                                            ("weight", ("params", "conv", "kernel"), 0.2),
+                                            ("finetune", ("params", "conv", "kernel"), 0.2)])
+def test_learning_rate_is_the_rate_the_trained_branch_applies(mode, leaf, rate):
+  """The reported rate is the cosine schedule's closed form, and it is what the update uses."""
+  total = 8
+  tx, learning_rate = optim.make(mode, lr=0.2, score_lr=0.3, optimizer="sgd",
+                                 score_optimizer="sgd", momentum=0.0, schedule="cosine",
+                                 total_steps=total)
+  state = tx.init(TRAINABLE)
+  grads = jax.tree.map(jnp.ones_like, TRAINABLE)
+  for step in range(total):
+    expected = rate * 0.5 * (1 + np.cos(np.pi * step / total))
+    reported = learning_rate(state, step)
+    assert reported == pytest.approx(expected, rel=1e-5)  # float32 schedule
+    updates, state = tx.update(grads, state, TRAINABLE)
+    np.testing.assert_allclose(updates[leaf[0]][leaf[1]][leaf[2]], -reported, rtol=1e-6)

@@ -6,6 +6,7 @@ import struct
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -162,14 +163,43 @@ def test_sampled_masks_are_tested_at_each_new_best_and_the_last_epoch(tmp_path):
 
 
 def test_steps_per_call_runs_every_step_once(tmp_path):
-  config = TINY.replace(mode="mask", epochs=2, steps_per_call=4)
-  steps = len(data.load("digits", val_size=100).train) // 64  # 26: six calls of 4, one of 2
+  config = TINY.replace(mode="mask", epochs=2, steps_per_call=3)
+  steps = len(data.load("digits", val_size=100).train) // 64  # 20: six calls of 3, one padded
   scanned = run.train(config, tmp_path / "scan")
   looped = run.train(config.replace(steps_per_call=1), tmp_path / "loop")
   assert [m["step"] for m in scanned] == [steps, 2 * steps]
   for a, b in zip(scanned, looped):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
+
+
+def test_an_epochs_shorter_last_call_is_padded_into_the_same_program():
+  config = TINY.replace(mode="mask", epochs=1, steps_per_call=3)
+  dataset = data.load("digits", val_size=100)
+  model = models.from_config(config, dataset.num_classes)
+  steps = data.steps_per_epoch(dataset.train, config.batch_size)
+  assert steps % 3  # 20 steps: six calls of 3, then 2 real steps and 1 padded one
+  state = train_lib.create_state(jax.random.key(0), model, dataset.input_shape, config,
+                                 steps_per_epoch=steps)
+  step = train_lib.make_train_step(model, config, train_lib.AXIS)
+  multi, traced = train_lib.make_multi_train_step(step), []
+
+  def counted(state, batches, key):  # traced once per compiled program
+    traced.append(jax.tree.map(jnp.shape, batches))
+    return multi(state, batches, key)
+
+  p_step = train_lib.pmap_train_step(counted)
+  pstate, history, finished = run.train_epoch(p_step, train_lib.replicate(state), dataset, config,
+                                              1, jax.random.key(2), 0, [], progress=False)
+  assert finished and len(history) == steps and len(traced) == 1
+  assert int(train_lib.unreplicate(pstate).step) == steps
+  p_one = train_lib.pmap_train_step(step)
+  looped, loop_history, _ = run.train_epoch(p_one, train_lib.replicate(state), dataset,
+                                            config.replace(steps_per_call=1), 1,
+                                            jax.random.key(2), 0, [], progress=False)
+  np.testing.assert_allclose(history, loop_history, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(train_lib.unreplicate(pstate).trainable,
+                              train_lib.unreplicate(looped).trainable, rtol=1e-4, atol=1e-6)
 
 
 def test_bfloat16_compute_stays_within_a_point_of_float32(tmp_path):

@@ -210,3 +210,11 @@ def test_scanned_multi_step_equals_the_step_loop(batch):
   assert int(scanned.step) == 3
   np.testing.assert_allclose(m["loss"], metrics, rtol=1e-5)
   chex.assert_trees_all_close(looped.trainable, scanned.trainable, rtol=1e-5, atol=1e-6)
+
+  # Padded to 5 steps, the last two marked invalid: the same three steps, the padding changes nothing.
+  padded = jax.tree.map(lambda x: np.concatenate([x, x[-1:], x[-1:]]), stacked)
+  padded["valid"] = np.array([True, True, True, False, False])
+  state_p, m_p = jax.jit(train.make_multi_train_step(step))(state, padded, jax.random.key(5))
+  assert int(state_p.step) == 3
+  np.testing.assert_allclose(m_p["loss"][:3], metrics, rtol=1e-5)
+  chex.assert_trees_all_close(looped, state_p, rtol=1e-5, atol=1e-6)

@@ -105,10 +105,12 @@ def summary_markdown(summary: dict) -> str:
   return "\n".join(out + (["", text] if text else [])) + "\n"
 
 
-def write_report(workdir: str | Path) -> Path:
-  """WORKDIR/report/{curves.png, mask_utilization.png, summary.md}; returns summary.md's path."""
+def write_report(workdir: str | Path, summary: dict | None = None) -> Path:
+  """WORKDIR/report/{curves.png, mask_utilization.png, summary.md} from `summary` (default:
+  `summarize(workdir)`); returns summary.md's path."""
   workdir = Path(workdir)
-  summary = {**summarize(workdir), "provenance": provenance.of_runs(workdir)}
+  summary = {**(summarize(workdir) if summary is None else summary),
+             "provenance": provenance.of_runs(workdir)}
   if not summary["regimes"]:
     raise FileNotFoundError(f"{workdir} holds no mask/, weight/ or finetune/ runs")
   with replaced_atomically(workdir / "report") as out:

@@ -165,10 +165,11 @@ def worth_epochs(summaries: dict[int, dict]) -> dict:
           "censored": sum(v["censored"] for v in per_seed.values())}
 
 
-def collect(workdir: Path) -> tuple[dict, dict, dict, list]:
-  """(per-seed numbers of the finished runs, per-seed report summaries, per-layer % masked over
-  seeds, the unfinished runs)."""
-  summaries = {seed: summarize(path) for seed, path in seeds_with_runs(workdir).items()}
+def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
+  """(per-seed numbers of the finished runs, per-seed report summaries (given, or read from each
+  seed's runs), per-layer % masked over seeds, the unfinished runs)."""
+  if summaries is None:
+    summaries = {seed: summarize(path) for seed, path in seeds_with_runs(workdir).items()}
   if not summaries:
     raise FileNotFoundError(f"{workdir} holds no seed<N>/ run directories")
   per_seed, unfinished = {}, []
@@ -185,13 +186,13 @@ def collect(workdir: Path) -> tuple[dict, dict, dict, list]:
   return per_seed, summaries, layers, unfinished
 
 
-def write_report(workdir: str | Path) -> Path:
+def write_report(workdir: str | Path, summaries: dict | None = None) -> Path:
   """Writes WORKDIR/report/{summary.md, study.json, curves.png, total_epochs.png,
-  mask_utilization.png}. Unfinished runs and planned seeds without runs are listed, and
-  kept out of every mean and pair."""
+  mask_utilization.png}, from {seed: `summarize(seed dir)`} if given. Unfinished runs and
+  planned seeds without runs are listed, and kept out of every mean and pair."""
   import jax
   workdir = Path(workdir)
-  per_seed, summaries, layers, unfinished = collect(workdir)
+  per_seed, summaries, layers, unfinished = collect(workdir, summaries)
   study = aggregate(per_seed)
   seconds = {r: sum(m["seconds"] for s in summaries.values() if r in s["regimes"]
                     for m in s["regimes"][r]["curve"]) for r in REGIMES}
