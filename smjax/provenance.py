@@ -31,7 +31,7 @@ ISA_FLAG = re.compile(r"^(sse\d|ssse3|sse4_\d|avx|fma|f16c|amx|vnni|neon|asimd|s
 # What a resume may change and still continue bit-identically: the date, the command line, the
 # malloc settings (the thread count is compared: a product split over another number of threads
 # can add in another order).
-NOT_COMPARED = ("date", "command", "runtime")
+NOT_COMPARED = ("date", "command", "runtime", "start_unrecorded", "differs_from_start")
 
 
 def code_revision() -> dict:
@@ -174,14 +174,16 @@ def of_runs(root: str | os.PathLike) -> dict[str, list[dict]]:
 def summary_text(runs: dict[str, list[dict]]) -> str:
   """One paragraph for a report: the settings the runs started on (with dates), the runs
   resumed on other settings, the runs without records."""
-  started: dict[str, list[str]] = {}
+  started: dict[tuple[str, bool], list[str]] = {}
   for sessions in runs.values():
     if sessions:
-      started.setdefault(setting(sessions[0]), []).append(sessions[0]["date"][:10])
-  parts = [f"{len(dates)} run{'s' * (len(dates) > 1)} started on {name} "
+      first = (setting(sessions[0]), bool(sessions[0].get("start_unrecorded")))
+      started.setdefault(first, []).append(sessions[0]["date"][:10])
+  parts = [f"{len(dates)} run{'s' * (len(dates) > 1)} "
+           f"{'first recorded when resumed' if unrecorded_start else 'started'} on {name} "
            f"({min(dates)}{'' if min(dates) == max(dates) else ' to ' + max(dates)})"
-           for name, dates in started.items()]
-  moved = {run: sorted({d for s in sessions[1:] for d in s.get("differs_from_start", [])})
+           for (name, unrecorded_start), dates in started.items()]
+  moved = {run: sorted({d for s in sessions[1:] for d in differences(sessions[0], s)})
            for run, sessions in runs.items()}
   moved = {run: d for run, d in moved.items() if d}
   if moved:

@@ -93,3 +93,20 @@ def test_inspect_shows_provenance_and_compare_says_whether_it_matches(weight_run
   (other / "provenance.json").write_text(json.dumps(moved))
   assert inspect.main([str(weight_run), "--compare", str(other)]) == 0
   assert "provenance: differs in versions.jaxlib" in capsys.readouterr().out
+
+
+def test_report_paragraph_tells_started_from_first_recorded_and_what_changed_on_resume():
+  base = {"date": "2026-01-01T00:00:00", "command": "x", "runtime": {}, "backend": "cpu",
+          "cpu": {"model": "CPU", "isa": []}, "cpu_threads": 1,
+          "code": {"commit": "a" * 40, "dirty": False}, "versions": {"jax": "1"}}
+  later = {**base, "date": "2026-01-02T00:00:00", "code": {"commit": "b" * 40, "dirty": False}}
+  text = provenance.summary_text({
+      "fresh": [base],
+      "old": [{**base, "start_unrecorded": True},
+              {**later, "differs_from_start": ["code.commit", "start_unrecorded"]}],
+      "older": []})
+  assert "1 run started on commit aaaaaaaaaa, jax 1, cpu on CPU (1 threads) (2026-01-01)" in text
+  assert "1 run first recorded when resumed on commit aaaaaaaaaa" in text
+  # differences are those of the records, not the bookkeeping fields stored beside them
+  assert "old (code.commit)" in text and "start_unrecorded" not in text
+  assert "1 run without a record" in text

@@ -284,7 +284,10 @@ def plot_total_epochs(summaries: dict, path: Path) -> None:
   ax.set(xlabel="total training epochs (mask epochs + fine-tune epochs for the fine-tunes)",
          ylabel="test accuracy (%)", title="At equal total epochs: mean over seeds, band ±1 std")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  else:  # a study whose first runs are still training
+    ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
