@@ -156,6 +156,18 @@ def from_dict(values: dict[str, Any]) -> Config:
   return Config(**{k: v for k, v in values.items() if k in known})
 
 
+SECONDARY_REGIMES = ("finetune_reinit", "finetune_original", "weight_original")  # not C1-C3
+
+
+def all_regimes(config: Config) -> tuple[str, ...]:
+  """The runs of `--regime all`, in the order they start (a study: see `run.train_seeds`)."""
+  chosen = config.finetune_controls.split(",")
+  controls = tuple(f"finetune_{c}" for c in FINETUNE_CONTROLS if c in chosen)
+  original = ("finetune_original",) if config.original_finetune else ()
+  return (("mask", "weight", "finetune") + controls + original +
+          (("weight_original",) if original and config.original_control else ()))
+
+
 def _parse(key: str, raw: str, kind: type) -> Any:
   if kind is str:
     return raw

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from smjax import (checkpoint, data, distributed, masking, models, provenance, pruning,
                    tickets, train as train_lib, workdir as workdir_lib)
 from smjax import config as config_lib
-from smjax.config import FINETUNE_CONTROLS, Config, best_metric
+from smjax.config import SECONDARY_REGIMES, Config, all_regimes, best_metric
 from smjax.stopping import Stopped, stop_requests  # noqa: F401  (Stopped re-exported)
 from smjax.workdir import RunError, read_metrics  # noqa: F401  (re-exported)
 from smjax.writer import RunWriter
@@ -395,18 +395,6 @@ def regime_configs(config: Config, workdir: Path) -> dict[str, Config]:
       "weight_original": finetune.replace(**ORIGINAL_FINETUNE, mask_run=str(workdir / "weight"),
                                           start_epochs=config.epochs),
   }
-
-
-SECONDARY_REGIMES = ("finetune_reinit", "finetune_original", "weight_original")
-
-
-def all_regimes(config: Config) -> tuple[str, ...]:
-  """The runs of `--regime all`, in the order they start."""
-  chosen = config.finetune_controls.split(",")
-  controls = tuple(f"finetune_{c}" for c in FINETUNE_CONTROLS if c in chosen)
-  original = ("finetune_original",) if config.original_finetune else ()
-  return (("mask", "weight", "finetune") + controls + original +
-          (("weight_original",) if original and config.original_control else ()))
 
 
 def train_runs(runs: dict[Path, Config], *, jobs: int = 1, overwrite: bool = False,

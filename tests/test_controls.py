@@ -228,12 +228,17 @@ def test_a_half_finished_study_is_reported_as_such(every_arm, tmp_path):
   shutil.copytree(every_arm, workdir, ignore=shutil.ignore_patterns("report"))
   metrics = workdir / "seed1" / "finetune" / "metrics.jsonl"
   metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+  shutil.rmtree(workdir / "seed1" / "finetune_reinit")  # planned, not started
   workdir_lib.record_seeds(workdir, [7])
   study.write_report(workdir)
   result = json.loads((workdir / "report" / "study.json").read_text())
-  assert result["unfinished"] == [{"seed": 1, "regime": "finetune", "epochs": 1, "planned": 2}]
+  assert result["unfinished"] == [
+      {"seed": 1, "regime": "finetune", "epochs": 1, "planned": 2},
+      {"seed": 1, "regime": "finetune_reinit", "epochs": 0, "planned": None}]
   assert result["missing_seeds"] == [7]
   assert result["regimes"]["finetune"]["best_test_accuracy"]["n"] == 1
   assert result["contrasts"]["C3"]["best"]["n"] == 1
   text = (workdir / "report" / "summary.md").read_text()
   assert "seed 1 finetune (1 of 2 epochs)" in text and "seed 7 (no runs yet)" in text
+  assert "seed 1 finetune_reinit (not started)" in text
+  assert result["contrasts"]["C4"]["best"]["n"] == 1  # seed 0 alone

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from smjax import provenance  # noqa: E402
+from smjax.config import all_regimes, from_dict  # noqa: E402
 from smjax.reports import masks  # noqa: E402
 from smjax.reports.run_report import y_bottom  # noqa: E402
 from smjax.reports.runs import COLORS, REGIMES, best_line, summarize  # noqa: E402
@@ -165,6 +166,12 @@ def worth_epochs(summaries: dict[int, dict]) -> dict:
           "censored": sum(v["censored"] for v in per_seed.values())}
 
 
+def planned_regimes(seed_dir: Path | None) -> tuple[str, ...]:
+  """The runs a seed's `--regime all` plans, from its mask run's config (() without one)."""
+  mask_run = seed_dir / "mask" if seed_dir is not None else None
+  return all_regimes(from_dict(read_config(mask_run))) if mask_run and is_run(mask_run) else ()
+
+
 def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
   """(per-seed numbers of the finished runs, per-seed report summaries (given, or read from each
   seed's runs), per-layer % masked over seeds, the unfinished runs)."""
@@ -173,9 +180,13 @@ def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, d
   if not summaries:
     raise FileNotFoundError(f"{workdir} holds no seed<N>/ run directories")
   per_seed, unfinished = {}, []
+  seed_paths = seeds_with_runs(workdir)
   for seed, summary in summaries.items():
     per_seed[seed], runs = seed_numbers(summary)
     unfinished += [{"seed": seed, **run} for run in runs]
+    unfinished += [{"seed": seed, "regime": regime, "epochs": 0, "planned": None}
+                   for regime in planned_regimes(seed_paths.get(seed))
+                   if regime not in summary["regimes"]]
   layers = {}
   for summary in summaries.values():
     for layer in summary["layers"]:
@@ -379,7 +390,8 @@ def summary_markdown(study: dict) -> str:
     out += ["```", study["command"], "```", ""]
   if study.get("unfinished") or study.get("missing_seeds"):
     out += ["**Incomplete study.** Kept out of every mean and pair: " + "; ".join(
-        [f"seed {u['seed']} {u['regime']} ({u['epochs']} of {u['planned']} epochs)"
+        [f"seed {u['seed']} {u['regime']} " + (f"({u['epochs']} of {u['planned']} epochs)"
+                                                  if u["planned"] else "(not started)")
          for u in study.get("unfinished", [])] +
         [f"seed {seed} (no runs yet)" for seed in study.get("missing_seeds", [])]) + ".", ""]
   out += ["| regime | runs | test acc at best (%) | final test acc (%) | mean of last 3 epochs (%) "
