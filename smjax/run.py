@@ -172,10 +172,10 @@ def train_epoch(p_step, pstate, dataset: data.Dataset, config: Config, epoch: in
   """Runs the epoch's steps from `done` on; returns (pstate, per-step metrics, finished?).
 
   `p_step` takes `config.steps_per_call` stacked batches per call when that is > 1 (the
-  epoch's last call padded to as many; its padded steps change nothing). Stops early, unfinished, after a stop request: at the next
-  call in one process, at the next agreement of all processes in several
-  (`distributed.agrees_now`). No device-to-host read per step (off a TTY's progress bar); at
-  most MAX_CALLS_IN_FLIGHT calls in flight.
+  epoch's last call padded to as many; its padded steps change nothing). Stops early,
+  unfinished, after a stop request: at the next call in one process, at the next agreement of
+  all processes in several (`distributed.agrees_now`). No device-to-host read per step (off a
+  TTY's progress bar); at most MAX_CALLS_IN_FLIGHT calls in flight.
   """
   steps = data.steps_per_epoch(dataset.train, config.batch_size)
   batches = data.train_batches(dataset.train, config.batch_size, seed=config.seed, epoch=epoch,

@@ -175,12 +175,12 @@ def planned_regimes(seed_dir: Path | None) -> tuple[str, ...]:
 def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
   """(per-seed numbers of the finished runs, per-seed report summaries (given, or read from each
   seed's runs), per-layer % masked over seeds, the unfinished runs)."""
+  seed_paths = seeds_with_runs(workdir)
   if summaries is None:
-    summaries = {seed: summarize(path) for seed, path in seeds_with_runs(workdir).items()}
+    summaries = {seed: summarize(path) for seed, path in seed_paths.items()}
   if not summaries:
     raise FileNotFoundError(f"{workdir} holds no seed<N>/ run directories")
   per_seed, unfinished = {}, []
-  seed_paths = seeds_with_runs(workdir)
   for seed, summary in summaries.items():
     per_seed[seed], runs = seed_numbers(summary)
     unfinished += [{"seed": seed, **run} for run in runs]
