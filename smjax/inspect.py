@@ -96,7 +96,7 @@ def provenance_lines(sessions: list[dict]) -> list[str]:
     return ["provenance: not recorded (a run started before provenance.json was kept)"]
   out = []
   for i, session in enumerate(sessions):
-    differs = session.get("differs_from_start")
+    differs = provenance.differences(sessions[0], session) if i else []
     note = f"; differs from the start in {', '.join(differs)}" if differs else ""
     started = "resumed (its start not recorded)" if session.get("start_unrecorded") else "started"
     out.append(f"{started if i == 0 else 'resumed'} {session['date']}: "

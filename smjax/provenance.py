@@ -30,7 +30,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 ISA_FLAG = re.compile(r"^(sse\d|ssse3|sse4_\d|avx|fma|f16c|amx|vnni|neon|asimd|sve|bf16)")
 # What a resume may change and still continue bit-identically: the date, the command line, the
 # malloc settings (the thread count is compared: a product split over another number of threads
-# can add in another order).
+# can add in another order); and the records' own bookkeeping.
 NOT_COMPARED = ("date", "command", "runtime", "start_unrecorded", "differs_from_start")
 
 

@@ -100,13 +100,14 @@ def test_report_paragraph_tells_started_from_first_recorded_and_what_changed_on_
           "cpu": {"model": "CPU", "isa": []}, "cpu_threads": 1,
           "code": {"commit": "a" * 40, "dirty": False}, "versions": {"jax": "1"}}
   later = {**base, "date": "2026-01-02T00:00:00", "code": {"commit": "b" * 40, "dirty": False}}
-  text = provenance.summary_text({
-      "fresh": [base],
-      "old": [{**base, "start_unrecorded": True},
-              {**later, "differs_from_start": ["code.commit", "start_unrecorded"]}],
-      "older": []})
+  old = [{**base, "start_unrecorded": True},
+         {**later, "differs_from_start": ["code.commit", "start_unrecorded"]}]
+  text = provenance.summary_text({"fresh": [base], "old": old, "older": []})
   assert "1 run started on commit aaaaaaaaaa, jax 1, cpu on CPU (1 threads) (2026-01-01)" in text
   assert "1 run first recorded when resumed on commit aaaaaaaaaa" in text
   # differences are those of the records, not the bookkeeping fields stored beside them
   assert "old (code.commit)" in text and "start_unrecorded" not in text
   assert "1 run without a record" in text
+  lines = inspect.provenance_lines(old)  # `smjax.inspect RUN` says the same
+  assert lines[0].startswith("resumed (its start not recorded)")
+  assert lines[1].endswith("differs from the start in code.commit")

@@ -166,10 +166,10 @@ def worth_epochs(summaries: dict[int, dict]) -> dict:
           "censored": sum(v["censored"] for v in per_seed.values())}
 
 
-def planned_regimes(seed_dir: Path | None) -> tuple[str, ...]:
+def planned_regimes(seed_dir: Path) -> tuple[str, ...]:
   """The runs a seed's `--regime all` plans, from its mask run's config (() without one)."""
-  mask_run = seed_dir / "mask" if seed_dir is not None else None
-  return all_regimes(from_dict(read_config(mask_run))) if mask_run and is_run(mask_run) else ()
+  mask_run = seed_dir / "mask"
+  return all_regimes(from_dict(read_config(mask_run))) if is_run(mask_run) else ()
 
 
 def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
@@ -185,7 +185,7 @@ def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, d
     per_seed[seed], runs = seed_numbers(summary)
     unfinished += [{"seed": seed, **run} for run in runs]
     unfinished += [{"seed": seed, "regime": regime, "epochs": 0, "planned": None}
-                   for regime in planned_regimes(seed_paths.get(seed))
+                   for regime in planned_regimes(seed_paths[seed])
                    if regime not in summary["regimes"]]
   layers = {}
   for summary in summaries.values():
@@ -371,9 +371,9 @@ def contrasts_markdown(study: dict) -> list[str]:
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     seeds = ", ".join(f"seed {seed}: {fmt(w['epochs'])} (mask's best epoch {w['mask_epochs']})"
                       for seed, w in worth["per_seed"].items())
-    out += ["", f"A supermask start is worth **{mean_std_text(e, 1, 1)} epochs** of weight training (per "
-            "fine-tune epoch k, the epoch at which the weight run first reaches the fine-tune's "
-            "test accuracy, minus k; averaged over k, then seeds; linear interpolation between "
+    out += ["", f"A supermask start is worth **{mean_std_text(e, 1, 1)} epochs** of weight "
+            "training (per fine-tune epoch k, the epoch at which the weight run first reaches "
+            "the fine-tune's test accuracy, minus k; averaged over k, then seeds; linear interpolation between "
             f"epochs). {seeds}." + (f" {worth['censored']} fine-tune epochs were above every "
             "epoch of the weight run and are left out (so this is a lower bound)."
             if worth["censored"] else "")]
@@ -400,13 +400,14 @@ def summary_markdown(study: dict) -> str:
   for regime, r in study["regimes"].items():
     if regime == "mask" and r["sampled_test_accuracy"]["mean"] is not None:
       out.append(f"| {SAMPLED_MASK}, as Zhou et al. report | {r['sampled_test_accuracy']['n']} | "
-                 f"{mean_std_text(r['sampled_test_accuracy'])} | - | - | - | {mean_std_text(r['masked_fraction'])} "
-                 "| (this row) |")
+                 f"{mean_std_text(r['sampled_test_accuracy'])} | - | - | - | "
+                 f"{mean_std_text(r['masked_fraction'])} | (this row) |")
       regime = "mask (deterministic: p > 0.5)"
-    out.append(f"| {regime} | {r['best_test_accuracy']['n']} | {mean_std_text(r['best_test_accuracy'])} | "
-               f"{mean_std_text(r['final_test_accuracy'])} | {mean_std_text(r['last3_test_accuracy'])} | "
-               f"{mean_std_text(r['epochs_to_99'], 1, 1)} | "
-               f"{mean_std_text(r['masked_fraction'])} | {mean_std_text(r['sampled_test_accuracy'])} |")
+    cells = [mean_std_text(r[key]) for key in ("best_test_accuracy", "final_test_accuracy",
+                                               "last3_test_accuracy")]
+    cells += [mean_std_text(r["epochs_to_99"], 1, 1), mean_std_text(r["masked_fraction"]),
+              mean_std_text(r["sampled_test_accuracy"])]
+    out.append(f"| {regime} | {r['best_test_accuracy']['n']} | " + " | ".join(cells) + " |")
   out += ["", "Paired differences to weight-only training (test accuracy at the best epoch, "
           "percentage points; 95% t-interval over seeds):", "",
           "| regime - weight | n | mean | 95% interval | per seed |", "|---|---|---|---|---|"]
