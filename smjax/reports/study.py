@@ -172,10 +172,11 @@ def planned_regimes(seed_dir: Path) -> tuple[str, ...]:
   return all_regimes(from_dict(read_config(mask_run))) if is_run(mask_run) else ()
 
 
-def collect(workdir: Path, summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
+def collect(workdir: Path, seed_paths: dict[int, Path],
+            summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
   """(per-seed numbers of the finished runs, per-seed report summaries (given, or read from each
-  seed's runs), per-layer % masked over seeds, the unfinished runs)."""
-  seed_paths = seeds_with_runs(workdir)
+  of `seed_paths`, `seeds_with_runs(workdir)`), per-layer % masked over seeds, the unfinished
+  runs)."""
   if summaries is None:
     summaries = {seed: summarize(path) for seed, path in seed_paths.items()}
   if not summaries:
@@ -203,13 +204,14 @@ def write_report(workdir: str | Path, summaries: dict | None = None) -> Path:
   planned seeds without runs are listed, and kept out of every mean and pair."""
   import jax
   workdir = Path(workdir)
-  per_seed, summaries, layers, unfinished = collect(workdir, summaries)
+  seed_paths = seeds_with_runs(workdir)
+  per_seed, summaries, layers, unfinished = collect(workdir, seed_paths, summaries)
   study = aggregate(per_seed)
   seconds = {r: sum(m["seconds"] for s in summaries.values() if r in s["regimes"]
                     for m in s["regimes"][r]["curve"]) for r in REGIMES}
   seconds = {r: v for r, v in seconds.items() if v}
   missing = [seed for seed in planned_seeds(workdir) if seed not in summaries]
-  mask_run = next(iter(seeds_with_runs(workdir).values())) / "mask"
+  mask_run = next(iter(seed_paths.values()), workdir) / "mask"
   config = read_config(mask_run) if is_run(mask_run) else {}
   study.update(per_seed=per_seed, layers=list(layers.values()), epoch_seconds=seconds,
                config=config, jax_version=jax.__version__, machine=machine(),
