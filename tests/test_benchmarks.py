@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, suite as benchmark, topk as benchmark_topk
+from benchmarks import common, pool as benchmark_pool, suite as benchmark, topk as benchmark_topk
 
 
 def test_benchmark_suite_writes_the_report(tmp_path):
@@ -137,6 +137,16 @@ def test_topk_benchmark_times_both_methods(tmp_path):
   assert set(report["results"]) == {f"{m}/{s}" for m in ("search", "sort")
                                     for s in ("continuous", "tied")}
   assert all(r["median_ms"] > 0 for r in report["results"].values())
+
+
+def test_pool_benchmark_compares_both_pools_and_finds_them_identical(tmp_path):
+  report = benchmark_pool.main(["--set", "batch_size=4", "--steps", "2", "--warmup", "1",
+                                "--check-steps", "3", "--out", str(tmp_path / "pool.json")])
+  assert report["bit_identical"] == {"weight": True, "mask": True}
+  assert report["reduce_window_in_program"] == {"weight/smjax": False, "weight/flax": True,
+                                                "mask/smjax": False, "mask/flax": True}
+  assert all(r["median_ms"] > 0 for r in report["results"].values())
+  assert (tmp_path / "pool.json").exists()
 
 
 def test_matmul_flops_counts_dots_convolutions_and_their_gradients():

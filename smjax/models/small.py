@@ -7,6 +7,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from smjax.models.pooling import max_pool
+
 
 class MLP(nn.Module):
   """Fully connected ReLU network; `lenet300-100` is hidden=(300, 100)."""
@@ -40,7 +42,7 @@ class ConvNet(nn.Module):
       for j in range(2):
         x = nn.relu(nn.Conv(64 * 2**pair, (3, 3), dtype=self.dtype,
                             conv_general_dilated=self.conv, name=f"conv{2 * pair + j + 1}")(x))
-      x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+      x = max_pool(x, (2, 2), (2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
     for i in range(2):
       x = nn.relu(nn.Dense(256, dtype=self.dtype, name=f"dense{i + 1}")(x))
@@ -62,7 +64,7 @@ class LeNet5(nn.Module):
     for i, (features, padding) in enumerate(((6, "SAME"), (16, "VALID"))):
       x = nn.relu(nn.Conv(features, (5, 5), padding=padding, dtype=self.dtype,
                           conv_general_dilated=self.conv, name=f"conv{i + 1}")(x))
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     for i, features in enumerate((120, 84)):
       x = nn.relu(nn.Dense(features, dtype=self.dtype, name=f"dense{i + 1}")(x))

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from smjax.models.pooling import max_pool
+
 DOWNSAMPLING = ("stride", "maxpool")
 
 
@@ -67,7 +69,7 @@ class WideResNet(nn.Module):
           if self.downsampling == "stride":
             strides = 2
           else:
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool(x, (2, 2), (2, 2))
         x = WideBlock(features, strides, self.dropout_rate, norm, self.dtype, self.conv,
                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
     x = nn.relu(norm(name="bn_final")(x))
