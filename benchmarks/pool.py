@@ -30,7 +30,8 @@ POOLS = {"smjax": None, "flax": nn.max_pool}  # None: the models' own
 
 
 def step_of(config: Config, pool) -> tuple:
-  """(pmapped step, replicated state), compiled with `pool` traced in (None: the model's)."""
+  """(compiled pmapped step, replicated state, device-split batch), with `pool` traced in
+  (None: the model's own)."""
   model = models.from_config(config, 10)
   state = train.create_state(jax.random.key(0), model, (32, 32, 3), config, steps_per_epoch=100)
   step = train.pmap_train_step(train.make_train_step(model, config, train.AXIS))
