@@ -89,13 +89,19 @@ def contrast(values):
 
 def test_the_decision_rule_reads_the_intervals():
   up, flat, down = [0.010, 0.012, 0.014], [-0.001, 0.0, 0.001], [-0.014, -0.012, -0.010]
+  wide = [0.010, -0.002, 0.012]  # mean above 0, interval holding 0, not within ±0.5 points
   v = study.verdict({"C1": contrast(up), "C2": contrast(up), "C3": contrast(up)})
   assert v["better_initialization"] and not v["head_start_not_worth_its_cost"]
+  assert not v["undecided"]
   v = study.verdict({"C1": contrast(up), "C2": contrast(down), "C3": contrast(flat)})
   assert v["better_initialization"] is False and v["head_start_not_worth_its_cost"]
   assert v["no_mask_specific_effect"] and v["weights_better_at_equal_epochs"]
+  v = study.verdict({"C1": contrast(wide), "C2": contrast(wide), "C3": contrast(wide)})
+  assert v["better_initialization"] is False and v["head_start_not_worth_its_cost"] is False
+  assert v["no_mask_specific_effect"] is False and v["undecided"]  # rule 4: every statement fails
   v = study.verdict({"C1": contrast(up)})
   assert v["better_initialization"] is None and v["no_mask_specific_effect"] is None
+  assert v["undecided"]
 
 
 def test_dynamic_rescaling_is_the_layer_size_over_its_kept_count():

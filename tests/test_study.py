@@ -56,7 +56,9 @@ def test_aggregation_matches_hand_computed_values():
 
 
 def test_one_seed_has_no_spread_and_no_interval():
-  out = study.aggregate({3: {"weight": numbers(0.9), "finetune": numbers(0.95)}})
+  out = study.aggregate({3: {"weight": numbers(0.9), "finetune": numbers(0.95)},
+                         4: {}})  # seed 4's runs are all unfinished: not counted in n
+  assert out["seeds"] == [3]
   assert out["regimes"]["weight"]["best_test_accuracy"]["std"] is None
   assert out["paired_vs_weight"]["finetune"]["low"] is None
   assert "n = 1" in study.summary_markdown({**out, "per_seed": {}, "layers": [], "command": None,
@@ -71,6 +73,21 @@ def test_epochs_to_99_is_the_first_epoch_within_1_percent_of_the_runs_best():
   assert numbers["epochs_to_99"] == 3  # 0.99 * 0.95 = 0.9405 > 0.93
   assert numbers["best_epoch"] == 4 and numbers["best_test_accuracy"] == 0.94
   assert numbers["last3_test_accuracy"] == pytest.approx((0.93 + 0.95 + 0.94) / 3)
+
+
+def test_layer_utilization_counts_only_finished_mask_runs(tmp_path):
+  def seed(masked, epochs):
+    curve = [{"epoch": i + 1, "test_accuracy": 0.5, "val_accuracy": 0.5, "masked_fraction": masked}
+             for i in range(epochs)]
+    run = {"curve": curve, "best_on": "val_accuracy", "finished": epochs == 3, "planned_epochs": 3}
+    return {"regimes": {"mask": run}, "layers": [{"name": "dense/kernel", "shape": [4, 2],
+                                                 "n_weights": 8, "masked_fraction": masked}]}
+  summaries = {0: seed(0.25, 3), 1: seed(0.75, 3), 2: seed(0.01, 1)}  # seed 2: epoch 1 of 3
+  paths = {s: tmp_path / f"seed{s}" for s in summaries}
+  per_seed, _, layers, unfinished = study.collect(tmp_path, paths, summaries)
+  assert layers["dense/kernel"]["masked_fraction"]["mean"] == pytest.approx(0.5)
+  assert per_seed[2] == {} and unfinished == [{"seed": 2, "regime": "mask", "epochs": 1,
+                                               "planned": 3}]
 
 
 @pytest.mark.slow

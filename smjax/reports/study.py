@@ -98,10 +98,12 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict:
   """{seed: {regime: run_numbers}} -> per regime the mean/std of every number; per regime other
   than weight its paired difference to weight in test accuracy at the best epoch; the contrasts
   C1-C5 on both endpoints with their t-intervals and equivalence tests; the verdict of the
-  decision rule. Pairs are over the seeds that have both runs."""
+  decision rule. Pairs are over the seeds that have both runs; `seeds` are those with at least
+  one finished run."""
   order = REGIMES[:2] + (WEIGHT_EQUAL_EPOCHS,) + REGIMES[2:]
   regimes = [r for r in order if any(r in runs for runs in per_seed.values())]
-  out = {"seeds": list(per_seed), "regimes": {}, "paired_vs_weight": {}, "contrasts": {}}
+  out = {"seeds": [seed for seed, runs in per_seed.items() if runs], "regimes": {},
+         "paired_vs_weight": {}, "contrasts": {}}
   sampled = [(runs["mask"]["sampled_test_accuracy"], runs["weight"]["best_test_accuracy"])
              for runs in per_seed.values() if "weight" in runs
              and runs.get("mask", {}).get("sampled_test_accuracy") is not None]
@@ -130,7 +132,8 @@ def _paired(per_seed: dict, a: str, b: str, key: str) -> dict | None:
 
 def verdict(contrasts: dict, endpoint: str = "best") -> dict:
   """The decision rule of docs/results/decision_rule.md on one endpoint: each statement with
-  whether the data support it (None: the contrasts it needs are missing or have n < 2)."""
+  whether the data support it (None: the contrasts it needs are missing or have n < 2), and
+  `undecided` (rule 4) when none of the rule's three statements holds."""
   def interval(name):
     c = contrasts.get(name, {}).get(endpoint)
     return None if c is None or c["low"] is None else c
@@ -142,10 +145,11 @@ def verdict(contrasts: dict, endpoint: str = "best") -> dict:
   c1, c2, c3 = above("C1"), above("C2"), above("C3")
   better = None if c2 is None or c3 is None else c2 and c3
   head_start = None if c2 is None or (c1 is None and c3 is None) else bool(c1 or c3) and not c2
-  equivalent = interval("C3") is not None and interval("C3")["equivalence"]["equivalent"]
+  equivalent = None if interval("C3") is None else bool(interval("C3")["equivalence"]["equivalent"])
   return {"endpoint": endpoint, "better_initialization": better,
           "head_start_not_worth_its_cost": head_start,
-          "no_mask_specific_effect": None if interval("C3") is None else bool(equivalent),
+          "no_mask_specific_effect": equivalent,
+          "undecided": not any(s is True for s in (better, head_start, equivalent)),
           "weights_better_at_equal_epochs": None if interval("C2") is None
           else bool(interval("C2")["high"] < 0)}
 
@@ -175,8 +179,8 @@ def planned_regimes(seed_dir: Path) -> tuple[str, ...]:
 def collect(workdir: Path, seed_paths: dict[int, Path],
             summaries: dict | None = None) -> tuple[dict, dict, dict, list]:
   """(per-seed numbers of the finished runs, per-seed report summaries (given, or read from each
-  of `seed_paths`, `seeds_with_runs(workdir)`), per-layer % masked over seeds, the unfinished
-  runs)."""
+  of `seed_paths`, `seeds_with_runs(workdir)`), per-layer % masked over the seeds whose mask run
+  finished, the unfinished runs)."""
   if summaries is None:
     summaries = {seed: summarize(path) for seed, path in seed_paths.items()}
   if not summaries:
@@ -189,7 +193,9 @@ def collect(workdir: Path, seed_paths: dict[int, Path],
                    for regime in planned_regimes(seed_paths[seed])
                    if regime not in summary["regimes"]]
   layers = {}
-  for summary in summaries.values():
+  for seed, summary in summaries.items():
+    if "mask" not in per_seed[seed]:  # a mask run still training has no best mask yet
+      continue
     for layer in summary["layers"]:
       entry = layers.setdefault(layer["name"], {"name": layer["name"], "shape": layer["shape"],
                                                 "n_weights": layer["n_weights"], "masked": []})
@@ -365,6 +371,7 @@ def contrasts_markdown(study: dict) -> list[str]:
           f"**{says(v['head_start_not_worth_its_cost'])}**",
           f"- no mask-specific effect (C3 equivalent to 0 within ±{margin:g} points): "
           f"**{says(v['no_mask_specific_effect'])}**",
+          f"- none of these three, so undecided at this n (rule 4): **{says(v['undecided'])}**",
           f"- weights better at equal total epochs (C2's interval below 0): "
           f"**{says(v['weights_better_at_equal_epochs'])}**"]
   worth = study.get("worth") or {}
