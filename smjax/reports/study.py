@@ -392,7 +392,8 @@ def contrasts_markdown(study: dict) -> list[str]:
 def summary_markdown(study: dict) -> str:
   n = len(study["seeds"])
   out = ["# Study summary", "",
-         f"Seeds {', '.join(map(str, study['seeds']))} (n = {n}); mean ± sample std over seeds. "
+         f"Seeds {', '.join(map(str, study['seeds']))} (n = {n} with a finished run; each row and "
+         "pair counts the seeds whose runs of it finished); mean ± sample std over seeds. "
          "Test accuracy is over the whole test split, at the epoch the protocol picks as best "
          "(validation accuracy under `clean`).", ""]
   if study.get("command"):
